@@ -1,0 +1,85 @@
+//! The command line as clap types: raw values only.
+//!
+//! Every option is `Option<_>` because a missing flag is not a default: the value may still come from the
+//! environment (clap reads `POOLSERVER_*` for us, so flag beats environment), then from the config file, and
+//! only then from the built-in default. `config::Config::resolve` does that merge.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use log::LevelFilter;
+
+use crate::config::{self, Mode};
+
+#[derive(Debug, Parser)]
+#[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve clients: read one request per connection, reply, close.
+    Serve(ServeArgs),
+}
+
+/// Options of `poolserver serve`. Precedence: flag > environment variable > config file > default.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (every key is optional; see config/poolserver.toml)
+    #[arg(short, long, env = "POOLSERVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:8000]
+    #[arg(short, long, env = "POOLSERVER_BIND", value_name = "ADDR", value_parser = config::parse_bind)]
+    pub bind: Option<SocketAddr>,
+
+    /// Worker threads [default: number of CPUs]
+    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = config::parse_count)]
+    pub workers: Option<usize>,
+
+    /// Accepted connections that may wait for a free worker before clients get the busy reply [default: 1024]
+    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = config::parse_count)]
+    pub queue: Option<usize>,
+
+    /// Listen backlog: connections the kernel holds before we accept them [default: 1024]
+    #[arg(long, env = "POOLSERVER_BACKLOG", value_name = "N", value_parser = config::parse_backlog)]
+    pub backlog: Option<u32>,
+
+    /// ack: answer every request with --reply; echo: send the request back [default: ack]
+    #[arg(long, env = "POOLSERVER_MODE", value_name = "MODE")]
+    pub mode: Option<Mode>,
+
+    /// Reply in mode ack, sent as UTF-8 without a newline [default: 信息已收到]
+    #[arg(long, env = "POOLSERVER_REPLY", value_name = "TEXT")]
+    pub reply: Option<String>,
+
+    /// Reply when every worker is busy and the queue is full [default: 服务器繁忙]
+    #[arg(long, env = "POOLSERVER_BUSY_REPLY", value_name = "TEXT")]
+    pub busy_reply: Option<String>,
+
+    /// Most bytes read as the request (one read) [default: 1024]
+    #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = config::parse_max_request)]
+    pub max_request: Option<usize>,
+
+    /// How long a client may take to send its request, counted from when it connected [default: 5s]
+    #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = config::parse_duration)]
+    pub read_timeout: Option<Duration>,
+
+    /// How long writing the whole reply may take [default: 5s]
+    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", value_name = "DUR", value_parser = config::parse_duration)]
+    pub write_timeout: Option<Duration>,
+
+    /// How long a shutdown may wait for open connections before abandoning them [default: 10s]
+    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", value_name = "DUR", value_parser = config::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// off, error, warn, info (one line per connection), debug or trace [default: info]
+    #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_name = "LEVEL", value_parser = config::parse_log_level)]
+    pub log_level: Option<LevelFilter>,
+
+    /// Also append the log to this file
+    #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}

@@ -1,0 +1,195 @@
+//! One connection, from its request to its close: read once, reply, and close without resetting the client.
+//!
+//! Sockets here are non-blocking. A request that has not arrived yet is not waited for on a worker: the
+//! connection goes to the waiting room and comes back when it is readable. The reply is written completely,
+//! bounded by `write_timeout`. Closing a socket with unread input makes Linux send a reset, which can destroy
+//! the reply before the client reads it, so when input is left over we shut down our side and let the waiting
+//! room read and discard the rest (bounded in bytes and time) before the close.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+
+use crate::{
+    pool::Shared,
+    preview::Preview,
+    stats::Ending,
+    sys,
+    waiting::Wait,
+};
+
+/// Input discarded after the reply before we close anyway (and the client may see a reset).
+pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
+
+/// An accepted connection on its way through the pool.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// When we accepted it; request deadlines count from here, not from when a worker picked it up.
+    pub(crate) accepted: Instant,
+}
+
+/// Where a connection goes after a worker has looked at it.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Finished and closed.
+    Closed,
+    /// Waiting on the client: for its request, or for its leftover input to drain.
+    Wait(Wait),
+}
+
+/// Serves one connection on a worker: one read of at most `buf.len()` bytes, the handler's reply, the close.
+pub(crate) fn serve(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
+    let received = match (&conn.stream).read(buf) {
+        Ok(0) => {
+            info!("{} closed the connection without sending a request", conn.peer);
+            return ended(shared, Ending::HungUp);
+        }
+        Ok(n) => n,
+        // Not here yet: wait for it without holding a worker.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
+        Err(e) => return failed(shared, conn.peer, "reading the request", &e),
+    };
+
+    let request = &buf[..received];
+    let reply = shared.handler.reply(request);
+    let deadline = Instant::now() + shared.write_timeout;
+    if let Err((written, e)) = write_all(&conn.stream, &reply, deadline) {
+        if e.kind() == io::ErrorKind::TimedOut {
+            warn!(
+                "{} timed out: wrote {written} of {} reply bytes in {:?}",
+                conn.peer,
+                reply.len(),
+                shared.write_timeout
+            );
+            return ended(shared, Ending::TimedOut);
+        }
+        return failed(shared, conn.peer, "writing the reply", &e);
+    }
+    info!(
+        "{} served: {received} B in, {} B out, {:.1?}, request \"{}\"",
+        conn.peer,
+        reply.len(),
+        conn.accepted.elapsed(),
+        Preview(request)
+    );
+    drop(reply);
+    shared.stats.count(Ending::Served);
+    close_without_reset(conn, shared, buf)
+}
+
+/// Closes at once when nothing is left unread (the common case); otherwise sends our FIN now and hands the
+/// connection to the waiting room to discard what the client still sends.
+fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
+    match (&conn.stream).read(buf) {
+        Ok(discarded) if discarded > 0 => {
+            // The reply is already queued; shutting down our side sends it with the FIN behind it.
+            if conn.stream.shutdown(Shutdown::Write).is_err() {
+                return Step::Closed;
+            }
+            let deadline = Instant::now() + shared.read_timeout;
+            Step::Wait(Wait::Leftovers { conn, deadline, discarded })
+        }
+        // Nothing unread (WouldBlock), end of input, or an error: a plain close cannot hurt the reply.
+        _ => Step::Closed,
+    }
+}
+
+/// The deadline for a request counts from when the client connected. TCP_DEFER_ACCEPT may have kept a silent
+/// client in the kernel before we accepted it, so that time is taken off.
+fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
+    let held_in_kernel = match shared.held_back {
+        Some(hold) => sys::round_trip_time(conn.stream.as_fd()).map_or(hold, |rtt| rtt.max(hold)),
+        None => Duration::ZERO,
+    };
+    let connected = conn.accepted.checked_sub(held_in_kernel).unwrap_or(conn.accepted);
+    let deadline = connected + shared.read_timeout;
+    if deadline <= Instant::now() {
+        timed_out_waiting(&conn, shared);
+        return ended(shared, Ending::TimedOut);
+    }
+    Step::Wait(Wait::Request { conn, deadline })
+}
+
+/// Logs a connection closed for sending no request in time.
+pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
+    info!("{} timed out: no request within {:?}", conn.peer, shared.read_timeout);
+}
+
+/// Answers a connection that found every worker busy and the queue full, then closes it. The socket is fresh,
+/// so the short reply fits its send buffer without blocking; whatever the client already sent is read first
+/// so that the close does not reset it.
+pub(crate) fn turn_away(conn: Conn, shared: &Shared) {
+    let _ = (&conn.stream).write(&shared.busy_reply);
+    let _ = (&conn.stream).read(&mut [0; 2048]);
+    warn!("{} turned away with the busy reply: every worker busy and the queue full", conn.peer);
+    shared.stats.count(Ending::Busy);
+}
+
+/// Reads and drops the client's leftover input until it would block. Returns true when the connection can
+/// be closed: the client finished, failed, or sent more than `LEFTOVER_LIMIT`.
+pub(crate) fn discard_leftovers(stream: &TcpStream, discarded: &mut usize, buf: &mut [u8]) -> bool {
+    loop {
+        match (&*stream).read(buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                *discarded += n;
+                if *discarded >= LEFTOVER_LIMIT {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Writes all of `data` to a non-blocking socket, waiting for room until `deadline`. On failure, returns how
+/// much was written with the error; running out of time is `TimedOut`.
+fn write_all(stream: &TcpStream, data: &[u8], deadline: Instant) -> Result<(), (usize, io::Error)> {
+    let mut written = 0;
+    while written < data.len() {
+        match (&*stream).write(&data[written..]) {
+            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match sys::wait_writable(stream.as_fd(), deadline) {
+                Ok(true) => {}
+                Ok(false) => return Err((written, io::ErrorKind::TimedOut.into())),
+                Err(e) => return Err((written, e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((written, e)),
+        }
+    }
+    Ok(())
+}
+
+fn ended(shared: &Shared, ending: Ending) -> Step {
+    shared.stats.count(ending);
+    Step::Closed
+}
+
+/// Logs an I/O failure at the right level: a client that hung up is routine, anything else is worth a warning.
+fn failed(shared: &Shared, peer: SocketAddr, doing: &str, error: &io::Error) -> Step {
+    if is_client_disconnect(error) {
+        info!("{peer} hung up while we were {doing}: {error}");
+        ended(shared, Ending::HungUp)
+    } else {
+        warn!("{peer}: failed {doing}: {error}");
+        ended(shared, Ending::Error)
+    }
+}
+
+fn is_client_disconnect(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+    )
+}

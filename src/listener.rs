@@ -1,0 +1,73 @@
+//! The listening socket: created with socket2 so that the backlog, SO_REUSEADDR and TCP_DEFER_ACCEPT are
+//! ours to set, and accepting straight into non-blocking sockets.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpStream},
+    os::fd::{AsFd, AsRawFd, RawFd},
+    time::Duration,
+};
+
+use log::warn;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{config::Config, error::Error, sys};
+
+/// How long the kernel keeps a connection that sent nothing before handing it over anyway. One second is the
+/// shortest TCP_DEFER_ACCEPT can do (it counts SYN-ACK retransmits, the first after one second).
+const DEFER_ACCEPT: Duration = Duration::from_secs(1);
+
+pub(crate) struct Listener {
+    socket: Socket,
+    local_addr: SocketAddr,
+    /// Set when TCP_DEFER_ACCEPT is on: a silent client was held in the kernel about this long.
+    held_back: Option<Duration>,
+}
+
+impl Listener {
+    /// Binds and listens on `config.bind`. SO_REUSEADDR lets a restart bind while old connections sit in
+    /// TIME_WAIT. TCP_DEFER_ACCEPT is used only when `read_timeout` is at least its one second, or silent
+    /// clients would be closed late.
+    pub(crate) fn bind(config: &Config) -> Result<Listener, Error> {
+        let addr = config.bind;
+        let fail = |source| Error::Bind { addr, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+        socket.set_reuse_address(true).map_err(fail)?;
+        socket.bind(&addr.into()).map_err(fail)?;
+        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX)).map_err(fail)?;
+        socket.set_nonblocking(true).map_err(fail)?;
+        let local_addr = socket.local_addr().map_err(fail)?.as_socket().unwrap_or(addr);
+
+        let held_back = if config.read_timeout >= DEFER_ACCEPT {
+            match sys::set_defer_accept(socket.as_fd(), DEFER_ACCEPT.as_secs() as u32) {
+                Ok(()) => Some(DEFER_ACCEPT),
+                Err(e) => {
+                    warn!("cannot set TCP_DEFER_ACCEPT on {local_addr}: {e}; silent clients will wait in the server");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Listener { socket, local_addr, held_back })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub(crate) fn held_back(&self) -> Option<Duration> {
+        self.held_back
+    }
+
+    /// Accepts one pending connection as a non-blocking stream; `WouldBlock` when none is pending.
+    pub(crate) fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (socket, peer) = self.socket.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+        let peer = peer.as_socket().unwrap_or(self.local_addr);
+        Ok((socket.into(), peer))
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}

@@ -1,0 +1,95 @@
+//! The `poolserver` command: parse the command line, set up logging, run the subcommand, map the outcome to
+//! an exit code (0 success, 1 runtime failure, 2 usage or configuration error).
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
+use log::{error, info, warn};
+use poolserver::{
+    Config, Error, Server,
+    cli::{Cli, Command, ServeArgs},
+    logging, signals,
+};
+
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("poolserver: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
+        eprintln!("poolserver: {e}");
+        return ExitCode::from(USAGE);
+    }
+    logging::log_panics();
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = signals::install(server.shutdown_handle()) {
+        error!("cannot handle stop signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    match server.run() {
+        Ok(summary) => {
+            info!("stopped: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ Error::ShutdownTimedOut { .. }) => {
+            warn!("{e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout as clap prints them; anything else becomes one line on stderr, naming the
+/// environment variable when the bad value came from there, and exit code 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or("invalid usage");
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let origin = from_environment(e).map(|var| format!(" (from environment variable {var})")).unwrap_or_default();
+    eprintln!("poolserver: {message}{origin}; see 'poolserver --help'");
+    ExitCode::from(USAGE)
+}
+
+/// The environment variable behind a rejected value, when the flag itself was not on the command line.
+fn from_environment(e: &clap::Error) -> Option<String> {
+    let flag = e.get(ContextKind::InvalidArg)?.to_string();
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?.to_owned();
+    let on_command_line = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    let command = Cli::command();
+    let arg = command
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .find(|arg| arg.get_long() == Some(long.as_str()))?;
+    let short = arg.get_short().map(|s| format!("-{s}"));
+    let short_used = short.is_some_and(|s| std::env::args().any(|a| a.starts_with(&s)));
+    let var = arg.get_env()?.to_string_lossy().into_owned();
+    (!on_command_line && !short_used && std::env::var_os(&var).is_some()).then_some(var)
+}

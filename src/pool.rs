@@ -1,0 +1,162 @@
+//! The fixed pool of worker threads behind a bounded crossbeam channel, and its orderly shutdown.
+//!
+//! The accept loop `dispatch`es each connection; when the queue is full the client gets the busy reply at
+//! once. Each worker catches panics from the handler, so a bad request costs one connection, never a worker.
+//! Shutdown drops the accept loop's sender; the workers drain the queue, the waiting room keeps serving its
+//! connections until every one is closed, and `shutdown` waits for all threads up to a deadline.
+
+use std::{
+    net::SocketAddr,
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use log::error;
+
+use crate::{
+    config::Config,
+    conn::{self, Conn, Step},
+    error::Error,
+    handler::Handler,
+    stats::{Ending, Stats},
+    waiting::{Door, WaitingRoom},
+};
+
+/// What every thread of the pool reads and counts.
+pub(crate) struct Shared {
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) busy_reply: Vec<u8>,
+    pub(crate) read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    /// How long the listener keeps a silent client in the kernel before handing it over (TCP_DEFER_ACCEPT).
+    pub(crate) held_back: Option<Duration>,
+    pub(crate) stats: Stats,
+    closing: AtomicBool,
+    door: Door,
+}
+
+impl Shared {
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(SeqCst)
+    }
+
+    /// Marks one connection closed; the last one closed during a shutdown lets the waiting room finish.
+    pub(crate) fn release(&self) {
+        if self.stats.closed() == 0 && self.is_closing() {
+            self.door.wake();
+        }
+    }
+}
+
+pub(crate) struct Pool {
+    jobs: Option<Sender<Conn>>,
+    shared: Arc<Shared>,
+    /// Disconnects when every thread of the pool has ended: each holds a sender and never sends.
+    finished: Receiver<()>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    pub(crate) fn start(
+        config: &Config,
+        handler: Arc<dyn Handler>,
+        held_back: Option<Duration>,
+    ) -> Result<Pool, Error> {
+        let (jobs, queue) = crossbeam_channel::bounded(config.queue);
+        let (room, door) = WaitingRoom::new(jobs.clone())?;
+        let shared = Arc::new(Shared {
+            handler,
+            busy_reply: config.busy_reply.as_bytes().to_vec(),
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+            held_back,
+            stats: Stats::default(),
+            closing: AtomicBool::new(false),
+            door,
+        });
+        let (alive, finished) = crossbeam_channel::bounded::<()>(0);
+        let mut threads = Vec::with_capacity(config.workers + 1);
+        let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name)
+                .spawn(body)
+                .map_err(|source| Error::Io { what: "start a pool thread", source })
+        };
+
+        let (room_shared, room_alive) = (Arc::clone(&shared), alive.clone());
+        threads.push(spawn(
+            "waiting-room".to_owned(),
+            Box::new(move || {
+                let _alive = room_alive;
+                room.run(room_shared);
+            }),
+        )?);
+        for id in 0..config.workers {
+            let (queue, shared, alive) = (queue.clone(), Arc::clone(&shared), alive.clone());
+            let max_request = config.max_request;
+            threads.push(spawn(
+                format!("worker-{id}"),
+                Box::new(move || {
+                    let _alive = alive;
+                    work(&queue, &shared, max_request);
+                }),
+            )?);
+        }
+        Ok(Pool { jobs: Some(jobs), shared, finished, threads })
+    }
+
+    /// Queues a connection for the workers, or turns it away with the busy reply when the queue is full.
+    pub(crate) fn dispatch(&self, conn: Conn) {
+        let Some(jobs) = &self.jobs else { return };
+        // Counted before it is queued, so that a worker can never close it before it is counted.
+        self.shared.stats.opened();
+        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = jobs.try_send(conn) {
+            self.shared.stats.closed();
+            conn::turn_away(conn, &self.shared);
+        }
+    }
+
+    pub(crate) fn open_connections(&self) -> usize {
+        self.shared.stats.open()
+    }
+
+    /// Lets every queued, in-flight and waiting connection finish, for at most `timeout`. On time, returns
+    /// the summary; late, returns how many connections are being abandoned along with it.
+    pub(crate) fn shutdown(mut self, timeout: Duration) -> Result<crate::Summary, (usize, crate::Summary)> {
+        self.jobs = None;
+        self.shared.closing.store(true, SeqCst);
+        self.shared.door.wake();
+        match self.finished.recv_deadline(Instant::now() + timeout) {
+            Err(RecvTimeoutError::Disconnected) | Ok(()) => {
+                for thread in self.threads {
+                    let _ = thread.join();
+                }
+                Ok(self.shared.stats.summary())
+            }
+            Err(RecvTimeoutError::Timeout) => Err((self.shared.stats.open(), self.shared.stats.summary())),
+        }
+    }
+}
+
+/// A worker: serves queued connections until the queue is closed and empty.
+fn work(queue: &Receiver<Conn>, shared: &Shared, max_request: usize) {
+    let mut buf = vec![0; max_request];
+    for conn in queue {
+        let peer: SocketAddr = conn.peer;
+        match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, shared, &mut buf))) {
+            Ok(Step::Closed) => shared.release(),
+            Ok(Step::Wait(wait)) => shared.door.admit(wait),
+            Err(_) => {
+                error!("{peer}: the handler panicked; closed this connection, the worker goes on");
+                shared.stats.count(Ending::Error);
+                shared.release();
+            }
+        }
+    }
+}

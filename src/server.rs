@@ -1,0 +1,176 @@
+//! The server: the accept loop that feeds the pool, and the shutdown that drains it.
+//!
+//! The main thread waits for connections and hands each to the pool. Waiting uses epoll on the listener and
+//! a waker, so that a stop request wakes it reliably whatever the address (loopback, wildcard, IPv6, port 0)
+//! without connecting to ourselves.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use log::{debug, error, info, warn};
+use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
+
+use crate::{
+    config::{Config, Mode},
+    conn::Conn,
+    error::Error,
+    handler::{Ack, Echo, Handler},
+    listener::Listener,
+    pool::Pool,
+    stats::Summary,
+};
+
+const LISTENER: Token = Token(0);
+const STOP: Token = Token(1);
+/// Pause after an accept failure such as running out of file descriptors, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A bound server, ready to `run`.
+pub struct Server {
+    config: Config,
+    handler: Arc<dyn Handler>,
+    listener: Listener,
+    poll: Poll,
+    stop: ShutdownHandle,
+}
+
+/// Asks a running server to stop accepting and drain. Cheap to clone and safe to call from any thread or a
+/// signal-handling thread, any number of times.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    inner: Arc<StopRequest>,
+}
+
+struct StopRequest {
+    requested: AtomicBool,
+    waker: Waker,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.inner.requested.store(true, SeqCst);
+        if let Err(e) = self.inner.waker.wake() {
+            error!("cannot wake the accept loop to stop: {e}");
+        }
+    }
+
+    fn is_requested(&self) -> bool {
+        self.inner.requested.load(SeqCst)
+    }
+}
+
+impl Server {
+    /// Binds `config.bind` and serves the protocol of `config.mode`.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let handler: Arc<dyn Handler> = match config.mode {
+            Mode::Ack => Arc::new(Ack::new(config.reply.as_bytes())),
+            Mode::Echo => Arc::new(Echo),
+        };
+        Server::bind_with(config, handler)
+    }
+
+    /// Binds `config.bind` and serves `handler`'s protocol (`config.mode` and `config.reply` are not used).
+    pub fn bind_with(config: Config, handler: Arc<dyn Handler>) -> Result<Server, Error> {
+        let listener = Listener::bind(&config)?;
+        let io_error = |what| move |source| Error::Io { what, source };
+        let poll = Poll::new().map_err(io_error("create the accept loop's epoll"))?;
+        poll.registry()
+            .register(&mut SourceFd(&listener.raw_fd()), LISTENER, Interest::READABLE)
+            .map_err(io_error("watch the listener"))?;
+        let waker = Waker::new(poll.registry(), STOP).map_err(io_error("create the stop waker"))?;
+        let stop = ShutdownHandle { inner: Arc::new(StopRequest { requested: AtomicBool::new(false), waker }) };
+        Ok(Server { config, handler, listener, poll, stop })
+    }
+
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.stop.clone()
+    }
+
+    /// Serves until a shutdown is requested, then stops accepting and lets open connections finish within
+    /// `shutdown_timeout`.
+    pub fn run(mut self) -> Result<Summary, Error> {
+        let config = &self.config;
+        info!(
+            "listening on {} (workers {}, queue {}, backlog {}, mode {})",
+            self.local_addr(),
+            config.workers,
+            config.queue,
+            config.backlog,
+            config.mode
+        );
+        let pool = Pool::start(config, Arc::clone(&self.handler), self.listener.held_back())?;
+        self.accept_until_stopped(&pool);
+        self.accept_already_queued(&pool);
+        let Server { config, listener, .. } = self;
+        let addr = listener.local_addr();
+        drop(listener);
+        info!(
+            "stopping: closed {addr}; waiting up to {:?} for {} open connections",
+            config.shutdown_timeout,
+            pool.open_connections()
+        );
+        pool.shutdown(config.shutdown_timeout)
+            .map_err(|(abandoned, summary)| Error::ShutdownTimedOut { abandoned, summary })
+    }
+
+    fn accept_until_stopped(&mut self, pool: &Pool) {
+        let mut events = Events::with_capacity(4);
+        let mut last_warning: Option<Instant> = None;
+        while !self.stop.is_requested() {
+            match self.listener.accept() {
+                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(&mut events, None),
+                // The client gave up between its handshake and our accept, or a signal arrived: try again.
+                Err(e) if is_transient(&e) => debug!("accept: {e}"),
+                // Out of file descriptors or memory: the pending connections stay queued in the kernel; warn
+                // (at most once a second) and retry after a pause instead of spinning.
+                Err(e) => {
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        warn!("cannot accept on {}: {e}; retrying", self.local_addr());
+                        last_warning = Some(Instant::now());
+                    }
+                    self.wait(&mut events, Some(ACCEPT_BACKOFF));
+                }
+            }
+        }
+    }
+
+    /// Takes in the connections the kernel had already completed when the stop came, so they are served,
+    /// not reset when the listener closes. Bounded by the backlog, so a flood cannot keep us here.
+    fn accept_already_queued(&mut self, pool: &Pool) {
+        for _ in 0..self.config.backlog {
+            match self.listener.accept() {
+                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
+                Err(e) if is_transient(&e) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                error!("accept loop: epoll failed: {e}");
+                thread::sleep(ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+fn is_transient(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted)
+        || error.raw_os_error() == Some(libc::EPROTO)
+}

@@ -1,0 +1,93 @@
+//! Counters shared by the accept loop, the workers and the waiting room, and the summary logged at shutdown.
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    served: AtomicU64,
+    busy: AtomicU64,
+    timed_out: AtomicU64,
+    hung_up: AtomicU64,
+    errors: AtomicU64,
+    /// Connections the pool owns right now: queued, with a worker, or in the waiting room.
+    open: AtomicUsize,
+}
+
+/// How a connection ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The whole reply was written.
+    Served,
+    /// Turned away with the busy reply.
+    Busy,
+    /// The request or the reply did not make it in time.
+    TimedOut,
+    /// The client went away first (closed, reset).
+    HungUp,
+    /// Anything else, including a panic in the handler.
+    Error,
+}
+
+impl Stats {
+    pub(crate) fn count(&self, ending: Ending) {
+        let counter = match ending {
+            Ending::Served => &self.served,
+            Ending::Busy => &self.busy,
+            Ending::TimedOut => &self.timed_out,
+            Ending::HungUp => &self.hung_up,
+            Ending::Error => &self.errors,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn opened(&self) {
+        self.open.fetch_add(1, Relaxed);
+    }
+
+    /// Returns how many connections are still open after this one closed.
+    pub(crate) fn closed(&self) -> usize {
+        self.open.fetch_sub(1, Relaxed) - 1
+    }
+
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    pub(crate) fn summary(&self) -> Summary {
+        Summary {
+            served: self.served.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            hung_up: self.hung_up.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+}
+
+/// What a server did over its life, as logged when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Connections that got their whole reply.
+    pub served: u64,
+    /// Connections turned away with the busy reply.
+    pub busy: u64,
+    /// Connections closed because the request or the reply took too long.
+    pub timed_out: u64,
+    /// Connections the client closed or reset before it was served.
+    pub hung_up: u64,
+    /// Connections that ended in an I/O fault or a handler panic.
+    pub errors: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "served {}, busy {}, timed out {}, hung up {}, errors {}",
+            self.served, self.busy, self.timed_out, self.hung_up, self.errors
+        )
+    }
+}

@@ -1,0 +1,73 @@
+//! The few Linux socket calls that std and socket2 do not offer, each a thin safe wrapper.
+
+use std::{
+    io,
+    mem,
+    os::fd::{AsRawFd, BorrowedFd},
+    time::{Duration, Instant},
+};
+
+/// Waits until `fd` can take more bytes or `deadline` passes; `Ok(false)` means the deadline passed.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // Round up so that a sub-millisecond remainder still waits instead of spinning.
+        let millis = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
+        let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        // SAFETY: `pollfd` is a valid array of one element for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+        match ready {
+            -1 => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            // POLLERR or POLLHUP count as ready: the next write reports what happened.
+            n if n > 0 => return Ok(true),
+            _ => {}
+        }
+    }
+}
+
+/// Asks the kernel to hand over a connection only once its first data has arrived, or after about
+/// `seconds` of silence (TCP_DEFER_ACCEPT). Idle clients then wait in the kernel instead of in the server.
+pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, seconds: u32) -> io::Result<()> {
+    let value = seconds as libc::c_int;
+    // SAFETY: the option value points to a live c_int and its size is passed alongside.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The connection's measured round-trip time (TCP_INFO's `tcpi_rtt`).
+///
+/// For a connection that TCP_DEFER_ACCEPT held back because it sent nothing, the kernel's only sample is
+/// from its first SYN-ACK to the ACK that finally completed the handshake, so this is how long the client
+/// has already been connected.
+pub(crate) fn round_trip_time(fd: BorrowedFd<'_>) -> Option<Duration> {
+    // SAFETY: tcp_info is plain old data, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
