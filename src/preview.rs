@@ -7,7 +7,7 @@
 use std::fmt::{self, Write};
 
 /// How many bytes of the request the preview shows.
-const PREVIEW_BYTES: usize = 48;
+const PREVIEW_BYTES: usize = 64;
 
 /// Displays as the escaped start of `bytes`, with `…` when it was cut.
 pub(crate) struct Preview<'a>(pub(crate) &'a [u8]);
