@@ -12,7 +12,11 @@ use log::LevelFilter;
 use crate::config::{self, Mode};
 
 #[derive(Debug, Parser)]
-#[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
+#[command(
+    name = "poolserver",
+    version,
+    about = "A thread-pool TCP server that serves many clients at once"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

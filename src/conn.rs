@@ -15,13 +15,7 @@ use std::{
 
 use log::{info, warn};
 
-use crate::{
-    pool::Shared,
-    preview::Preview,
-    stats::Ending,
-    sys,
-    waiting::Wait,
-};
+use crate::{pool::Shared, preview::Preview, stats::Ending, sys, waiting::Wait};
 
 /// Input discarded after the reply before we close anyway (and the client may see a reset).
 pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
@@ -48,7 +42,10 @@ pub(crate) enum Step {
 pub(crate) fn serve(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     let received = match (&conn.stream).read(buf) {
         Ok(0) => {
-            info!("{} closed the connection without sending a request", conn.peer);
+            info!(
+                "{} closed the connection without sending a request",
+                conn.peer
+            );
             return ended(shared, Ending::HungUp);
         }
         Ok(n) => n,
@@ -94,7 +91,11 @@ fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
                 return Step::Closed;
             }
             let deadline = Instant::now() + shared.read_timeout;
-            Step::Wait(Wait::Leftovers { conn, deadline, discarded })
+            Step::Wait(Wait::Leftovers {
+                conn,
+                deadline,
+                discarded,
+            })
         }
         // Nothing unread (WouldBlock), end of input, or an error: a plain close cannot hurt the reply.
         _ => Step::Closed,
@@ -108,7 +109,10 @@ fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
         Some(hold) => sys::round_trip_time(conn.stream.as_fd()).map_or(hold, |rtt| rtt.max(hold)),
         None => Duration::ZERO,
     };
-    let connected = conn.accepted.checked_sub(held_in_kernel).unwrap_or(conn.accepted);
+    let connected = conn
+        .accepted
+        .checked_sub(held_in_kernel)
+        .unwrap_or(conn.accepted);
     let deadline = connected + shared.read_timeout;
     if deadline <= Instant::now() {
         timed_out_waiting(&conn, shared);
@@ -119,7 +123,10 @@ fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
 
 /// Logs a connection closed for sending no request in time.
 pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
-    info!("{} timed out: no request within {:?}", conn.peer, shared.read_timeout);
+    info!(
+        "{} timed out: no request within {:?}",
+        conn.peer, shared.read_timeout
+    );
 }
 
 /// Answers a connection that found every worker busy and the queue full, then closes it. The socket is fresh,
@@ -128,7 +135,10 @@ pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
 pub(crate) fn turn_away(conn: Conn, shared: &Shared) {
     let _ = (&conn.stream).write(&shared.busy_reply);
     let _ = (&conn.stream).read(&mut [0; 2048]);
-    warn!("{} turned away with the busy reply: every worker busy and the queue full", conn.peer);
+    warn!(
+        "{} turned away with the busy reply: every worker busy and the queue full",
+        conn.peer
+    );
     shared.stats.count(Ending::Busy);
 }
 
@@ -159,11 +169,13 @@ fn write_all(stream: &TcpStream, data: &[u8], deadline: Instant) -> Result<(), (
         match (&*stream).write(&data[written..]) {
             Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match sys::wait_writable(stream.as_fd(), deadline) {
-                Ok(true) => {}
-                Ok(false) => return Err((written, io::ErrorKind::TimedOut.into())),
-                Err(e) => return Err((written, e)),
-            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match sys::wait_writable(stream.as_fd(), deadline) {
+                    Ok(true) => {}
+                    Ok(false) => return Err((written, io::ErrorKind::TimedOut.into())),
+                    Err(e) => return Err((written, e)),
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err((written, e)),
         }
@@ -190,6 +202,8 @@ fn failed(shared: &Shared, peer: SocketAddr, doing: &str, error: &io::Error) -> 
 fn is_client_disconnect(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
     )
 }

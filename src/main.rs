@@ -66,23 +66,41 @@ fn serve(args: &ServeArgs) -> ExitCode {
 /// Help and version go to stdout as clap prints them; anything else becomes one line on stderr, naming the
 /// environment variable when the bad value came from there, and exit code 2.
 fn usage_error(e: &clap::Error) -> ExitCode {
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = e.print();
-        return ExitCode::SUCCESS;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(USAGE);
+        }
+        _ => {}
     }
     let rendered = e.to_string();
     let first = rendered.lines().next().unwrap_or("invalid usage");
     let message = first.strip_prefix("error: ").unwrap_or(first);
-    let origin = from_environment(e).map(|var| format!(" (from environment variable {var})")).unwrap_or_default();
-    eprintln!("poolserver: {message}{origin}; see 'poolserver --help'");
+    let valid = match e.get(ContextKind::ValidValue) {
+        Some(values) if !message.contains("expected") => format!(" (expected one of: {values})"),
+        _ => String::new(),
+    };
+    let origin = from_environment(e)
+        .map(|var| format!(" (from environment variable {var})"))
+        .unwrap_or_default();
+    eprintln!("poolserver: {message}{valid}{origin}; see 'poolserver --help'");
     ExitCode::from(USAGE)
 }
 
 /// The environment variable behind a rejected value, when the flag itself was not on the command line.
 fn from_environment(e: &clap::Error) -> Option<String> {
     let flag = e.get(ContextKind::InvalidArg)?.to_string();
-    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?.to_owned();
-    let on_command_line = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    let long = flag
+        .strip_prefix("--")?
+        .split([' ', '='])
+        .next()?
+        .to_owned();
+    let on_command_line =
+        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
     let command = Cli::command();
     let arg = command
         .get_subcommands()

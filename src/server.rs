@@ -83,11 +83,26 @@ impl Server {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the accept loop's epoll"))?;
         poll.registry()
-            .register(&mut SourceFd(&listener.raw_fd()), LISTENER, Interest::READABLE)
+            .register(
+                &mut SourceFd(&listener.raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )
             .map_err(io_error("watch the listener"))?;
         let waker = Waker::new(poll.registry(), STOP).map_err(io_error("create the stop waker"))?;
-        let stop = ShutdownHandle { inner: Arc::new(StopRequest { requested: AtomicBool::new(false), waker }) };
-        Ok(Server { config, handler, listener, poll, stop })
+        let stop = ShutdownHandle {
+            inner: Arc::new(StopRequest {
+                requested: AtomicBool::new(false),
+                waker,
+            }),
+        };
+        Ok(Server {
+            config,
+            handler,
+            listener,
+            poll,
+            stop,
+        })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -114,7 +129,9 @@ impl Server {
         let pool = Pool::start(config, Arc::clone(&self.handler), self.listener.held_back())?;
         self.accept_until_stopped(&pool);
         self.accept_already_queued(&pool);
-        let Server { config, listener, .. } = self;
+        let Server {
+            config, listener, ..
+        } = self;
         let addr = listener.local_addr();
         drop(listener);
         info!(
@@ -131,7 +148,11 @@ impl Server {
         let mut last_warning: Option<Instant> = None;
         while !self.stop.is_requested() {
             match self.listener.accept() {
-                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
+                Ok((stream, peer)) => pool.dispatch(Conn {
+                    stream,
+                    peer,
+                    accepted: Instant::now(),
+                }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(&mut events, None),
                 // The client gave up between its handshake and our accept, or a signal arrived: try again.
                 Err(e) if is_transient(&e) => debug!("accept: {e}"),
@@ -153,7 +174,11 @@ impl Server {
     fn accept_already_queued(&mut self, pool: &Pool) {
         for _ in 0..self.config.backlog {
             match self.listener.accept() {
-                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
+                Ok((stream, peer)) => pool.dispatch(Conn {
+                    stream,
+                    peer,
+                    accepted: Instant::now(),
+                }),
                 Err(e) if is_transient(&e) => {}
                 Err(_) => return,
             }
@@ -161,16 +186,18 @@ impl Server {
     }
 
     fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) {
-        if let Err(e) = self.poll.poll(events, timeout) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                error!("accept loop: epoll failed: {e}");
-                thread::sleep(ACCEPT_BACKOFF);
-            }
+        if let Err(e) = self.poll.poll(events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            error!("accept loop: epoll failed: {e}");
+            thread::sleep(ACCEPT_BACKOFF);
         }
     }
 }
 
 fn is_transient(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted)
-        || error.raw_os_error() == Some(libc::EPROTO)
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+    ) || error.raw_os_error() == Some(libc::EPROTO)
 }

@@ -1,0 +1,90 @@
+//! The library API: a custom protocol on the same pool, a handler that panics, and an in-process shutdown.
+
+mod support;
+
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    sync::Arc,
+    thread::{self, JoinHandle},
+};
+
+use poolserver::{Config, Error, Handler, Server, Summary};
+use support::exchange;
+
+/// Uppercases the request, and panics on the request `panic`.
+struct Fragile;
+
+impl Handler for Fragile {
+    fn reply<'a>(&'a self, request: &'a [u8]) -> Cow<'a, [u8]> {
+        assert!(request != b"panic", "asked to panic");
+        Cow::Owned(request.to_ascii_uppercase())
+    }
+}
+
+fn start(
+    workers: usize,
+) -> (
+    SocketAddr,
+    poolserver::ShutdownHandle,
+    JoinHandle<Result<Summary, Error>>,
+) {
+    let config = Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        workers,
+        ..Config::default()
+    };
+    let server = Server::bind_with(config, Arc::new(Fragile)).unwrap();
+    let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+    (addr, stop, thread::spawn(move || server.run()))
+}
+
+#[test]
+fn a_custom_handler_serves_its_own_protocol() {
+    let (addr, stop, running) = start(2);
+    assert_eq!(exchange(addr, b"shout this").unwrap(), b"SHOUT THIS");
+    stop.shutdown();
+    let summary = running.join().unwrap().unwrap();
+    assert_eq!(summary.served, 1);
+}
+
+#[test]
+fn panics_in_the_handler_never_shrink_the_pool() {
+    let (addr, stop, running) = start(2);
+    // More panics than workers: if a panic killed its worker, nobody would be left to answer.
+    for _ in 0..5 {
+        let reply = exchange(addr, b"panic").unwrap();
+        assert!(reply.is_empty(), "a panicking handler sends nothing");
+    }
+    for i in 0..10 {
+        assert_eq!(
+            exchange(addr, format!("after {i}").as_bytes()).unwrap(),
+            format!("AFTER {i}").as_bytes()
+        );
+    }
+    stop.shutdown();
+    let summary = running.join().unwrap().unwrap();
+    assert_eq!((summary.served, summary.errors), (10, 5));
+}
+
+#[test]
+fn shutdown_can_be_requested_from_any_thread_any_number_of_times() {
+    let (addr, stop, running) = start(1);
+    assert_eq!(exchange(addr, b"x").unwrap(), b"X");
+    let helpers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn({
+                let stop = stop.clone();
+                move || stop.shutdown()
+            })
+        })
+        .collect();
+    for helper in helpers {
+        helper.join().unwrap();
+    }
+    assert_eq!(running.join().unwrap().unwrap().served, 1);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is closed after run returns"
+    );
+}

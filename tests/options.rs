@@ -1,0 +1,240 @@
+//! Options reach the server from flags, environment variables and the config file, in that order of
+//! precedence; every bad value stops the binary before it binds, with one line naming the culprit.
+
+mod support;
+
+use support::{REPLY, Server, exchange, run_to_exit, write_config};
+
+fn reply_of(server: &Server) -> String {
+    String::from_utf8(exchange(server.addr, b"hello").unwrap()).unwrap()
+}
+
+#[test]
+fn flag_beats_environment_beats_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "reply = \"from file\"\n");
+    let config = config.to_str().unwrap();
+
+    let server = Server::start(&["--bind", "127.0.0.1:0"]);
+    assert_eq!(reply_of(&server), REPLY);
+
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--config", config]);
+    assert_eq!(reply_of(&server), "from file");
+
+    let server = Server::start_with(
+        &["--bind", "127.0.0.1:0", "-c", config],
+        &[("POOLSERVER_REPLY", "from env")],
+    );
+    assert_eq!(reply_of(&server), "from env");
+
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--config",
+        config,
+        "--reply",
+        "from flag",
+    ];
+    let server = Server::start_with(&args, &[("POOLSERVER_REPLY", "from env")]);
+    assert_eq!(reply_of(&server), "from flag");
+}
+
+#[test]
+fn every_option_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let env = [
+        ("POOLSERVER_BIND", "127.0.0.1:0"),
+        ("POOLSERVER_WORKERS", "3"),
+        ("POOLSERVER_QUEUE", "5"),
+        ("POOLSERVER_BACKLOG", "300"),
+        ("POOLSERVER_MODE", "echo"),
+        ("POOLSERVER_MAX_REQUEST", "4"),
+        ("POOLSERVER_READ_TIMEOUT", "2s"),
+        ("POOLSERVER_WRITE_TIMEOUT", "2s"),
+        ("POOLSERVER_SHUTDOWN_TIMEOUT", "3s"),
+        ("POOLSERVER_LOG_LEVEL", "debug"),
+        ("POOLSERVER_LOG_FILE", log.to_str().unwrap()),
+    ];
+    let mut server = Server::start_with(&[], &env);
+    let line = server.wait_for("listening on");
+    assert!(
+        line.contains("workers 3, queue 5, backlog 300, mode echo"),
+        "{line}"
+    );
+    assert_eq!(exchange(server.addr, b"abcdefgh").unwrap(), b"abcd");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(support::WAIT).success());
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        written.contains("listening on") && written.contains("stopped: served 1"),
+        "{written}"
+    );
+}
+
+#[test]
+fn every_key_can_come_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+bind = "127.0.0.1:0"
+workers = 3
+queue = 7
+backlog = 200
+mode = "echo"
+reply = "unused in echo mode"
+busy_reply = "full"
+max_request = 3
+read_timeout = "1500ms"
+write_timeout = "2s"
+shutdown_timeout = "1m"
+log_level = "info"
+"#,
+    );
+    let mut server = Server::start(&["--config", config.to_str().unwrap()]);
+    let line = server.wait_for("listening on");
+    assert!(
+        line.contains("workers 3, queue 7, backlog 200, mode echo"),
+        "{line}"
+    );
+    assert_eq!(exchange(server.addr, b"hello").unwrap(), b"hel");
+}
+
+#[test]
+fn the_shipped_config_file_parses_and_sets_the_defaults() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/poolserver.toml");
+    let mut server = Server::start(&["--config", shipped, "--bind", "127.0.0.1:0"]);
+    let line = server.wait_for("listening on");
+    assert!(
+        line.contains("queue 1024, backlog 1024, mode ack"),
+        "{line}"
+    );
+    assert_eq!(reply_of(&server), REPLY);
+}
+
+/// Runs `serve` with a bad input and checks the one-line error that names it.
+fn rejected(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let mut full = vec!["serve"];
+    if !args.contains(&"--bind") {
+        full.extend(["--bind", "127.0.0.1:0"]);
+    }
+    full.extend_from_slice(args);
+    let (status, stderr) = run_to_exit(&full, env);
+    assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?} {env:?}: not one line: {stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{args:?} {env:?}: {needle:?} not in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_flag_values_are_named() {
+    rejected(
+        &["--workers", "many"],
+        &[],
+        &["--workers", "'many' is not a whole number"],
+    );
+    rejected(&["--workers", "0"], &[], &["--workers", "at least 1"]);
+    rejected(&["--queue", "0"], &[], &["--queue", "at least 1"]);
+    rejected(&["--backlog=-5"], &[], &["--backlog", "not a whole number"]);
+    rejected(&["--mode", "shout"], &[], &["--mode", "shout"]);
+    rejected(&["--max-request", "0"], &[], &["--max-request"]);
+    rejected(
+        &["--read-timeout", "5"],
+        &[],
+        &["--read-timeout", "like 250ms"],
+    );
+    rejected(
+        &["--write-timeout", "0s"],
+        &[],
+        &["--write-timeout", "longer than zero"],
+    );
+    rejected(&["--log-level", "loud"], &[], &["--log-level", "loud"]);
+    rejected(&["--bind", "nowhere"], &[], &["--bind", "HOST:PORT"]);
+    rejected(&["--no-such-flag"], &[], &["--no-such-flag"]);
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    rejected(
+        &[],
+        &[("POOLSERVER_WORKERS", "many")],
+        &["--workers", "POOLSERVER_WORKERS"],
+    );
+    rejected(
+        &[],
+        &[("POOLSERVER_SHUTDOWN_TIMEOUT", "soon")],
+        &["POOLSERVER_SHUTDOWN_TIMEOUT"],
+    );
+}
+
+#[test]
+fn bad_config_files_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 7] = [
+        ("workers = 0\n", &["workers", "at least 1"]),
+        ("queue = 0\n", &["queue", "at least 1"]),
+        (
+            "read_timeout = \"soon\"\n",
+            &["read_timeout", "'soon' is not a duration"],
+        ),
+        ("bogus = 1\n", &["unknown field `bogus`", "line 1"]),
+        ("workers = \"two\"\n", &["line 1", "workers = \"two\""]),
+        ("mode = \"shout\"\n", &["line 1", "shout"]),
+        ("reply = \"unterminated\n", &["line 1"]),
+    ];
+    for (text, needles) in cases {
+        let config = write_config(dir.path(), text);
+        let path = config.to_str().unwrap();
+        let mut expected = vec![path];
+        expected.extend_from_slice(needles);
+        rejected(&["--config", path], &[], &expected);
+    }
+}
+
+#[test]
+fn unreadable_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    rejected(
+        &["--config", missing],
+        &[],
+        &["cannot read config file", missing],
+    );
+    let directory = dir.path().to_str().unwrap();
+    rejected(
+        &["--config", directory],
+        &[],
+        &["cannot read config file", directory],
+    );
+    let log = dir.path().join("no/such/dir/server.log");
+    let log = log.to_str().unwrap();
+    rejected(&["--log-file", log], &[], &["cannot open log file", log]);
+}
+
+#[test]
+fn help_lists_every_option_with_its_variable() {
+    let output = support::command(&["serve", "--help"], &[])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for var in [
+        "POOLSERVER_BIND",
+        "POOLSERVER_WORKERS",
+        "POOLSERVER_READ_TIMEOUT",
+        "POOLSERVER_LOG_FILE",
+    ] {
+        assert!(help.contains(var), "{var} missing from:\n{help}");
+    }
+}
