@@ -12,11 +12,7 @@ use log::LevelFilter;
 use crate::config::{self, Mode};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "poolserver",
-    version,
-    about = "A thread-pool TCP server that serves many clients at once"
-)]
+#[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,6 +22,71 @@ pub struct Cli {
 pub enum Command {
     /// Serve clients: read one request per connection, reply, close.
     Serve(ServeArgs),
+    /// Send one message and print the reply: the tutorial's client.
+    Send(SendArgs),
+    /// Load a server with many clients at once; report throughput, latency and errors.
+    Stress(StressArgs),
+}
+
+/// Options of `poolserver send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Server address, HOST:PORT
+    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = config::parse_bind)]
+    pub addr: SocketAddr,
+
+    /// Bounds the connect and each read and write; the whole exchange gets twice this
+    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = config::parse_duration)]
+    pub timeout: Duration,
+
+    /// The message to send; `-` reads it from standard input
+    #[arg(value_name = "MESSAGE", default_value = "hello")]
+    pub message: String,
+}
+
+/// Options of `poolserver stress`.
+#[derive(Debug, Args)]
+pub struct StressArgs {
+    /// Server address, HOST:PORT
+    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = config::parse_bind)]
+    pub addr: SocketAddr,
+
+    /// Client threads, each looping connect, send, receive, close
+    #[arg(short, long, value_name = "C", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub clients: u64,
+
+    /// Stop after N connections in total
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub requests: Option<u64>,
+
+    /// Stop after this long (at most 1h) [default: 5s]
+    #[arg(short, long, value_name = "DUR", value_parser = config::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// What each client sends
+    #[arg(short, long, value_name = "M", default_value = "hello")]
+    pub message: String,
+
+    /// The reply every client must get
+    #[arg(short, long, value_name = "TEXT", default_value = config::DEFAULT_REPLY)]
+    pub expect: String,
+
+    /// A reply equal to this is counted as busy rather than wrong
+    #[arg(long, value_name = "TEXT", default_value = config::DEFAULT_BUSY_REPLY)]
+    pub busy_reply: String,
+
+    /// Also hold K connections open that send nothing, and report how many the server closed
+    #[arg(long, value_name = "K", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub idle: u64,
+
+    /// Bounds each connect, read and write
+    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = config::parse_duration)]
+    pub timeout: Duration,
+
+    /// Print one JSON object on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `poolserver serve`. Precedence: flag > environment variable > config file > default.

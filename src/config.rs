@@ -98,60 +98,32 @@ impl Config {
             None => FileConfig::default(),
         };
         let key = |name: &str, message: String| match &args.config {
-            Some(path) => {
-                Error::Config(format!("config file {}: {name}: {message}", path.display()))
-            }
+            Some(path) => Error::Config(format!("config file {}: {name}: {message}", path.display())),
             None => Error::Config(format!("{name}: {message}")),
         };
-        let checked =
-            |name: &str, value: Option<usize>, check: fn(usize) -> Result<usize, String>| {
-                value.map(check).transpose().map_err(|m| key(name, m))
-            };
-        let parsed =
-            |name: &str, value: &Option<String>, parse: fn(&str) -> Result<Duration, String>| {
-                value
-                    .as_deref()
-                    .map(parse)
-                    .transpose()
-                    .map_err(|m| key(name, m))
-            };
+        let checked = |name: &str, value: Option<usize>, check: fn(usize) -> Result<usize, String>| {
+            value.map(check).transpose().map_err(|m| key(name, m))
+        };
+        let parsed = |name: &str, value: &Option<String>, parse: fn(&str) -> Result<Duration, String>| {
+            value.as_deref().map(parse).transpose().map_err(|m| key(name, m))
+        };
 
         let defaults = Config::default();
-        let file_bind = file
-            .bind
-            .as_deref()
-            .map(parse_bind)
-            .transpose()
-            .map_err(|m| key("bind", m))?;
-        let file_backlog = file
-            .backlog
-            .map(check_backlog)
-            .transpose()
-            .map_err(|m| key("backlog", m))?;
-        let file_log_level = file
-            .log_level
-            .as_deref()
-            .map(parse_log_level)
-            .transpose()
-            .map_err(|m| key("log_level", m))?;
+        let file_bind = file.bind.as_deref().map(parse_bind).transpose().map_err(|m| key("bind", m))?;
+        let file_backlog = file.backlog.map(check_backlog).transpose().map_err(|m| key("backlog", m))?;
+        let file_log_level =
+            file.log_level.as_deref().map(parse_log_level).transpose().map_err(|m| key("log_level", m))?;
         Ok(Config {
             bind: args.bind.or(file_bind).unwrap_or(defaults.bind),
             workers: args
                 .workers
                 .or(checked("workers", file.workers, check_count)?)
                 .unwrap_or(defaults.workers),
-            queue: args
-                .queue
-                .or(checked("queue", file.queue, check_count)?)
-                .unwrap_or(defaults.queue),
+            queue: args.queue.or(checked("queue", file.queue, check_count)?).unwrap_or(defaults.queue),
             backlog: args.backlog.or(file_backlog).unwrap_or(defaults.backlog),
             mode: args.mode.or(file.mode).unwrap_or(defaults.mode),
             reply: args.reply.clone().or(file.reply).unwrap_or(defaults.reply),
-            busy_reply: args
-                .busy_reply
-                .clone()
-                .or(file.busy_reply)
-                .unwrap_or(defaults.busy_reply),
+            busy_reply: args.busy_reply.clone().or(file.busy_reply).unwrap_or(defaults.busy_reply),
             max_request: args
                 .max_request
                 .or(checked("max_request", file.max_request, check_max_request)?)
@@ -162,24 +134,13 @@ impl Config {
                 .unwrap_or(defaults.read_timeout),
             write_timeout: args
                 .write_timeout
-                .or(parsed(
-                    "write_timeout",
-                    &file.write_timeout,
-                    parse_duration,
-                )?)
+                .or(parsed("write_timeout", &file.write_timeout, parse_duration)?)
                 .unwrap_or(defaults.write_timeout),
             shutdown_timeout: args
                 .shutdown_timeout
-                .or(parsed(
-                    "shutdown_timeout",
-                    &file.shutdown_timeout,
-                    parse_duration,
-                )?)
+                .or(parsed("shutdown_timeout", &file.shutdown_timeout, parse_duration)?)
                 .unwrap_or(defaults.shutdown_timeout),
-            log_level: args
-                .log_level
-                .or(file_log_level)
-                .unwrap_or(defaults.log_level),
+            log_level: args.log_level.or(file_log_level).unwrap_or(defaults.log_level),
             log_file: args.log_file.clone().or(file.log_file),
         })
     }
@@ -206,9 +167,8 @@ struct FileConfig {
 
 impl FileConfig {
     fn load(path: &Path) -> Result<FileConfig, Error> {
-        let text = fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read config file {}: {e}", path.display()))
-        })?;
+        let text = fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
             let place = match e.span() {
                 Some(span) => {
@@ -218,11 +178,7 @@ impl FileConfig {
                 }
                 None => String::new(),
             };
-            Error::Config(format!(
-                "config file {}{place}: {}",
-                path.display(),
-                e.message().trim()
-            ))
+            Error::Config(format!("config file {}{place}: {}", path.display(), e.message().trim()))
         })
     }
 }
@@ -234,9 +190,7 @@ pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     }
     let hint = "expected HOST:PORT, like 127.0.0.1:8000 or [::1]:8000";
     match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("'{text}' resolves to no address; {hint}")),
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("'{text}' resolves to no address; {hint}")),
         Err(e) => Err(format!("cannot use '{text}' ({e}); {hint}")),
     }
 }
@@ -247,11 +201,7 @@ pub fn parse_count(text: &str) -> Result<usize, String> {
 }
 
 fn check_count(n: usize) -> Result<usize, String> {
-    if n == 0 {
-        Err("must be at least 1".to_owned())
-    } else {
-        Ok(n)
-    }
+    if n == 0 { Err("must be at least 1".to_owned()) } else { Ok(n) }
 }
 
 pub fn parse_backlog(text: &str) -> Result<u32, String> {
@@ -259,11 +209,7 @@ pub fn parse_backlog(text: &str) -> Result<u32, String> {
 }
 
 fn check_backlog(n: u32) -> Result<u32, String> {
-    if n == 0 || n > i32::MAX as u32 {
-        Err(format!("must be between 1 and {}", i32::MAX))
-    } else {
-        Ok(n)
-    }
+    if n == 0 || n > i32::MAX as u32 { Err(format!("must be between 1 and {}", i32::MAX)) } else { Ok(n) }
 }
 
 pub fn parse_max_request(text: &str) -> Result<usize, String> {
@@ -279,9 +225,7 @@ fn check_max_request(n: usize) -> Result<usize, String> {
 }
 
 fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a whole number"))
+    text.trim().parse().map_err(|_| format!("'{text}' is not a whole number"))
 }
 
 /// A positive duration in humantime's notation: `250ms`, `5s`, `1m`, `1m 30s`.
@@ -289,16 +233,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "'{text}' is not a duration ({e}); write it like 250ms, 5s or 1m"
-        )),
+        Err(e) => Err(format!("'{text}' is not a duration ({e}); write it like 250ms, 5s or 1m")),
     }
 }
 
 pub fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
-    text.trim().parse().map_err(|_| {
-        format!("'{text}' is not a log level; use off, error, warn, info, debug or trace")
-    })
+    text.trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a log level; use off, error, warn, info, debug or trace"))
 }
 
 #[cfg(test)]
@@ -310,11 +252,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(
-            parse_duration("0s")
-                .unwrap_err()
-                .contains("longer than zero")
-        );
+        assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
         assert!(parse_duration("5").unwrap_err().contains("like 250ms"));
     }
 
@@ -322,40 +260,21 @@ mod tests {
     fn counts_must_be_positive_whole_numbers() {
         assert_eq!(parse_count("4"), Ok(4));
         assert_eq!(parse_count("0").unwrap_err(), "must be at least 1");
-        assert!(
-            parse_count("-1")
-                .unwrap_err()
-                .contains("not a whole number")
-        );
-        assert!(
-            parse_max_request("99999999999")
-                .unwrap_err()
-                .contains("between 1 and")
-        );
+        assert!(parse_count("-1").unwrap_err().contains("not a whole number"));
+        assert!(parse_max_request("99999999999").unwrap_err().contains("between 1 and"));
     }
 
     #[test]
     fn bind_takes_ipv4_ipv6_and_names() {
-        assert_eq!(
-            parse_bind("0.0.0.0:0"),
-            Ok(SocketAddr::from(([0, 0, 0, 0], 0)))
-        );
+        assert_eq!(parse_bind("0.0.0.0:0"), Ok(SocketAddr::from(([0, 0, 0, 0], 0))));
         assert!(parse_bind("[::1]:8000").unwrap().is_ipv6());
         assert!(parse_bind("localhost:8000").is_ok());
-        assert!(
-            parse_bind("nonsense")
-                .unwrap_err()
-                .contains("expected HOST:PORT")
-        );
+        assert!(parse_bind("nonsense").unwrap_err().contains("expected HOST:PORT"));
     }
 
     #[test]
     fn log_levels_are_named() {
         assert_eq!(parse_log_level("WARN"), Ok(LevelFilter::Warn));
-        assert!(
-            parse_log_level("loud")
-                .unwrap_err()
-                .contains("use off, error")
-        );
+        assert!(parse_log_level("loud").unwrap_err().contains("use off, error"));
     }
 }

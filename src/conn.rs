@@ -42,10 +42,7 @@ pub(crate) enum Step {
 pub(crate) fn serve(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     let received = match (&conn.stream).read(buf) {
         Ok(0) => {
-            info!(
-                "{} closed the connection without sending a request",
-                conn.peer
-            );
+            info!("{} closed the connection without sending a request", conn.peer);
             return ended(shared, Ending::HungUp);
         }
         Ok(n) => n,
@@ -91,11 +88,7 @@ fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
                 return Step::Closed;
             }
             let deadline = Instant::now() + shared.read_timeout;
-            Step::Wait(Wait::Leftovers {
-                conn,
-                deadline,
-                discarded,
-            })
+            Step::Wait(Wait::Leftovers { conn, deadline, discarded })
         }
         // Nothing unread (WouldBlock), end of input, or an error: a plain close cannot hurt the reply.
         _ => Step::Closed,
@@ -109,10 +102,7 @@ fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
         Some(hold) => sys::round_trip_time(conn.stream.as_fd()).map_or(hold, |rtt| rtt.max(hold)),
         None => Duration::ZERO,
     };
-    let connected = conn
-        .accepted
-        .checked_sub(held_in_kernel)
-        .unwrap_or(conn.accepted);
+    let connected = conn.accepted.checked_sub(held_in_kernel).unwrap_or(conn.accepted);
     let deadline = connected + shared.read_timeout;
     if deadline <= Instant::now() {
         timed_out_waiting(&conn, shared);
@@ -123,10 +113,7 @@ fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
 
 /// Logs a connection closed for sending no request in time.
 pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
-    info!(
-        "{} timed out: no request within {:?}",
-        conn.peer, shared.read_timeout
-    );
+    info!("{} timed out: no request within {:?}", conn.peer, shared.read_timeout);
 }
 
 /// Answers a connection that found every worker busy and the queue full, then closes it. The socket is fresh,
@@ -135,10 +122,7 @@ pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
 pub(crate) fn turn_away(conn: Conn, shared: &Shared) {
     let _ = (&conn.stream).write(&shared.busy_reply);
     let _ = (&conn.stream).read(&mut [0; 2048]);
-    warn!(
-        "{} turned away with the busy reply: every worker busy and the queue full",
-        conn.peer
-    );
+    warn!("{} turned away with the busy reply: every worker busy and the queue full", conn.peer);
     shared.stats.count(Ending::Busy);
 }
 
@@ -202,8 +186,6 @@ fn failed(shared: &Shared, peer: SocketAddr, doing: &str, error: &io::Error) -> 
 fn is_client_disconnect(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
     )
 }

@@ -12,10 +12,7 @@ pub enum Error {
     /// The listening socket could not be set up on `addr`.
     Bind { addr: SocketAddr, source: io::Error },
     /// The operating system refused something the server needs (a thread, an epoll instance).
-    Io {
-        what: &'static str,
-        source: io::Error,
-    },
+    Io { what: &'static str, source: io::Error },
     /// The drain after a stop signal ran past `shutdown_timeout`; `abandoned` connections were still open.
     ShutdownTimedOut { abandoned: usize, summary: Summary },
 }

@@ -21,9 +21,7 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(reply: impl Into<Vec<u8>>) -> Ack {
-        Ack {
-            reply: reply.into(),
-        }
+        Ack { reply: reply.into() }
     }
 }
 

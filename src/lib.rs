@@ -31,6 +31,7 @@
 //! ```
 
 pub mod cli;
+pub mod client;
 pub mod config;
 mod conn;
 mod error;
@@ -42,6 +43,7 @@ mod preview;
 mod server;
 pub mod signals;
 mod stats;
+pub mod stress;
 mod sys;
 mod waiting;
 

@@ -31,19 +31,13 @@ impl Listener {
     pub(crate) fn bind(config: &Config) -> Result<Listener, Error> {
         let addr = config.bind;
         let fail = |source| Error::Bind { addr, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(fail)?;
+        let socket =
+            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
         socket.set_reuse_address(true).map_err(fail)?;
         socket.bind(&addr.into()).map_err(fail)?;
-        socket
-            .listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))
-            .map_err(fail)?;
+        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX)).map_err(fail)?;
         socket.set_nonblocking(true).map_err(fail)?;
-        let local_addr = socket
-            .local_addr()
-            .map_err(fail)?
-            .as_socket()
-            .unwrap_or(addr);
+        let local_addr = socket.local_addr().map_err(fail)?.as_socket().unwrap_or(addr);
 
         let held_back = if config.read_timeout >= DEFER_ACCEPT {
             match sys::set_defer_accept(socket.as_fd(), DEFER_ACCEPT.as_secs() as u32) {
@@ -58,11 +52,7 @@ impl Listener {
         } else {
             None
         };
-        Ok(Listener {
-            socket,
-            local_addr,
-            held_back,
-        })
+        Ok(Listener { socket, local_addr, held_back })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -75,9 +65,7 @@ impl Listener {
 
     /// Accepts one pending connection as a non-blocking stream; `WouldBlock` when none is pending.
     pub(crate) fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (socket, peer) = self
-            .socket
-            .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+        let (socket, peer) = self.socket.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
         let peer = peer.as_socket().unwrap_or(self.local_addr);
         Ok((socket.into(), peer))
     }

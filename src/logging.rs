@@ -23,11 +23,8 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(
-        level,
-        format.clone(),
-        LineWriter::new(io::stderr()),
-    )];
+    let mut loggers: Vec<Box<dyn SharedLogger>> =
+        vec![WriteLogger::new(level, format.clone(), LineWriter::new(io::stderr()))];
     if let Some(path) = file {
         let file = OpenOptions::new()
             .create(true)
@@ -36,30 +33,21 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
             .map_err(|e| Error::Config(format!("cannot open log file {}: {e}", path.display())))?;
         loggers.push(WriteLogger::new(level, format, LineWriter::new(file)));
     }
-    CombinedLogger::init(loggers).map_err(|e| Error::Io {
-        what: "install the logger",
-        source: io::Error::other(e),
-    })
+    CombinedLogger::init(loggers)
+        .map_err(|e| Error::Io { what: "install the logger", source: io::Error::other(e) })
 }
 
 /// Sends panic messages through the log as one line, instead of raw multi-line text on stderr.
 pub fn log_panics() {
     panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let location = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         let message = info
             .payload()
             .downcast_ref::<&str>()
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
-        error!(
-            "panic in thread {}{location}: {}",
-            thread.name().unwrap_or("?"),
-            message.escape_debug()
-        );
+        error!("panic in thread {}{location}: {}", thread.name().unwrap_or("?"), message.escape_debug());
     }));
 }

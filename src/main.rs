@@ -1,14 +1,20 @@
 //! The `poolserver` command: parse the command line, set up logging, run the subcommand, map the outcome to
 //! an exit code (0 success, 1 runtime failure, 2 usage or configuration error).
 
-use std::process::ExitCode;
+use std::{
+    io::{self, IsTerminal, Read, Write},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
 use log::{error, info, warn};
 use poolserver::{
     Config, Error, Server,
-    cli::{Cli, Command, ServeArgs},
+    cli::{Cli, Command, SendArgs, ServeArgs, StressArgs},
+    client::Exchange,
     logging, signals,
+    stress::{self, Limit, Plan},
 };
 
 const USAGE: u8 = 2;
@@ -20,7 +26,72 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Send(args) => send(&args),
+        Command::Stress(args) => run_stress(args),
     }
+}
+
+/// Largest message `send` reads from standard input, and largest reply it accepts.
+const SEND_LIMIT: usize = 256 << 20;
+
+fn send(args: &SendArgs) -> ExitCode {
+    let message = if args.message == "-" {
+        let mut bytes = Vec::new();
+        if let Err(e) = io::stdin().take(SEND_LIMIT as u64).read_to_end(&mut bytes) {
+            eprintln!("poolserver send: cannot read the message from standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        bytes
+    } else {
+        args.message.clone().into_bytes()
+    };
+    let exchange = Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT };
+    let mut reply = Vec::new();
+    if let Err(failure) = exchange.run(&message, &mut reply) {
+        eprintln!("poolserver send: {failure}");
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = io::stdout().lock();
+    if let Err(e) = stdout.write_all(&reply).and_then(|()| stdout.flush()) {
+        eprintln!("poolserver send: cannot write the reply: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_stress(args: StressArgs) -> ExitCode {
+    let limit = match (args.requests, args.duration) {
+        (Some(n), _) => Limit::Requests(n),
+        (None, Some(d)) if d > stress::MAX_RUN => {
+            eprintln!(
+                "poolserver: --duration may be at most {:?}; see 'poolserver stress --help'",
+                stress::MAX_RUN
+            );
+            return ExitCode::from(USAGE);
+        }
+        (None, duration) => Limit::Duration(duration.unwrap_or(Duration::from_secs(5))),
+    };
+    let expect = args.expect.into_bytes();
+    let plan = Plan {
+        exchange: Exchange {
+            addr: args.addr,
+            timeout: args.timeout,
+            max_reply: expect.len().max(args.busy_reply.len()) + 64 * 1024,
+        },
+        clients: args.clients as usize,
+        limit,
+        message: args.message.into_bytes(),
+        expect,
+        busy: args.busy_reply.into_bytes(),
+        idle: args.idle as usize,
+    };
+    let report = stress::run(plan, !args.json && io::stderr().is_terminal());
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    if report.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
@@ -84,9 +155,8 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         Some(values) if !message.contains("expected") => format!(" (expected one of: {values})"),
         _ => String::new(),
     };
-    let origin = from_environment(e)
-        .map(|var| format!(" (from environment variable {var})"))
-        .unwrap_or_default();
+    let origin =
+        from_environment(e).map(|var| format!(" (from environment variable {var})")).unwrap_or_default();
     eprintln!("poolserver: {message}{valid}{origin}; see 'poolserver --help'");
     ExitCode::from(USAGE)
 }
@@ -94,11 +164,7 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// The environment variable behind a rejected value, when the flag itself was not on the command line.
 fn from_environment(e: &clap::Error) -> Option<String> {
     let flag = e.get(ContextKind::InvalidArg)?.to_string();
-    let long = flag
-        .strip_prefix("--")?
-        .split([' ', '='])
-        .next()?
-        .to_owned();
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?.to_owned();
     let on_command_line =
         std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
     let command = Cli::command();

@@ -86,10 +86,7 @@ impl Pool {
             thread::Builder::new()
                 .name(name)
                 .spawn(body)
-                .map_err(|source| Error::Io {
-                    what: "start a pool thread",
-                    source,
-                })
+                .map_err(|source| Error::Io { what: "start a pool thread", source })
         };
 
         let (room_shared, room_alive) = (Arc::clone(&shared), alive.clone());
@@ -111,12 +108,7 @@ impl Pool {
                 }),
             )?);
         }
-        Ok(Pool {
-            jobs: Some(jobs),
-            shared,
-            finished,
-            threads,
-        })
+        Ok(Pool { jobs: Some(jobs), shared, finished, threads })
     }
 
     /// Queues a connection for the workers, or turns it away with the busy reply when the queue is full.
@@ -124,9 +116,7 @@ impl Pool {
         let Some(jobs) = &self.jobs else { return };
         // Counted before it is queued, so that a worker can never close it before it is counted.
         self.shared.stats.opened();
-        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) =
-            jobs.try_send(conn)
-        {
+        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = jobs.try_send(conn) {
             self.shared.stats.closed();
             conn::turn_away(conn, &self.shared);
         }
@@ -138,10 +128,7 @@ impl Pool {
 
     /// Lets every queued, in-flight and waiting connection finish, for at most `timeout`. On time, returns
     /// the summary; late, returns how many connections are being abandoned along with it.
-    pub(crate) fn shutdown(
-        mut self,
-        timeout: Duration,
-    ) -> Result<crate::Summary, (usize, crate::Summary)> {
+    pub(crate) fn shutdown(mut self, timeout: Duration) -> Result<crate::Summary, (usize, crate::Summary)> {
         self.jobs = None;
         self.shared.closing.store(true, SeqCst);
         self.shared.door.wake();
@@ -152,9 +139,7 @@ impl Pool {
                 }
                 Ok(self.shared.stats.summary())
             }
-            Err(RecvTimeoutError::Timeout) => {
-                Err((self.shared.stats.open(), self.shared.stats.summary()))
-            }
+            Err(RecvTimeoutError::Timeout) => Err((self.shared.stats.open(), self.shared.stats.summary())),
         }
     }
 }

@@ -51,10 +51,7 @@ mod tests {
 
     #[test]
     fn control_characters_never_pass_raw() {
-        assert_eq!(
-            preview(b"a\nb\r\t\x1b[31m\x00"),
-            "a\\nb\\r\\t\\u{1b}[31m\\0"
-        );
+        assert_eq!(preview(b"a\nb\r\t\x1b[31m\x00"), "a\\nb\\r\\t\\u{1b}[31m\\0");
         assert_eq!(preview("x\u{202e}y".as_bytes()), "x\\u{202e}y");
         assert_eq!(preview(b"say \"hi\" \\"), "say \\\"hi\\\" \\\\");
     }

@@ -37,6 +37,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Server {
     config: Config,
     handler: Arc<dyn Handler>,
+    /// How the startup line names the protocol: `mode ack`, `mode echo` or `custom handler`.
+    protocol: String,
     listener: Listener,
     poll: Poll,
     stop: ShutdownHandle,
@@ -74,7 +76,8 @@ impl Server {
             Mode::Ack => Arc::new(Ack::new(config.reply.as_bytes())),
             Mode::Echo => Arc::new(Echo),
         };
-        Server::bind_with(config, handler)
+        let protocol = format!("mode {}", config.mode);
+        Ok(Server { protocol, ..Server::bind_with(config, handler)? })
     }
 
     /// Binds `config.bind` and serves `handler`'s protocol (`config.mode` and `config.reply` are not used).
@@ -83,26 +86,12 @@ impl Server {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the accept loop's epoll"))?;
         poll.registry()
-            .register(
-                &mut SourceFd(&listener.raw_fd()),
-                LISTENER,
-                Interest::READABLE,
-            )
+            .register(&mut SourceFd(&listener.raw_fd()), LISTENER, Interest::READABLE)
             .map_err(io_error("watch the listener"))?;
         let waker = Waker::new(poll.registry(), STOP).map_err(io_error("create the stop waker"))?;
-        let stop = ShutdownHandle {
-            inner: Arc::new(StopRequest {
-                requested: AtomicBool::new(false),
-                waker,
-            }),
-        };
-        Ok(Server {
-            config,
-            handler,
-            listener,
-            poll,
-            stop,
-        })
+        let stop =
+            ShutdownHandle { inner: Arc::new(StopRequest { requested: AtomicBool::new(false), waker }) };
+        Ok(Server { config, handler, protocol: "custom handler".to_owned(), listener, poll, stop })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -119,23 +108,21 @@ impl Server {
     pub fn run(mut self) -> Result<Summary, Error> {
         let config = &self.config;
         info!(
-            "listening on {} (workers {}, queue {}, backlog {}, mode {})",
+            "listening on {} (workers {}, queue {}, backlog {}, {})",
             self.local_addr(),
             config.workers,
             config.queue,
             config.backlog,
-            config.mode
+            self.protocol
         );
         let pool = Pool::start(config, Arc::clone(&self.handler), self.listener.held_back())?;
         self.accept_until_stopped(&pool);
         self.accept_already_queued(&pool);
-        let Server {
-            config, listener, ..
-        } = self;
+        let Server { config, listener, .. } = self;
         let addr = listener.local_addr();
         drop(listener);
         info!(
-            "stopping: closed {addr}; waiting up to {:?} for {} open connections",
+            "stopping: closed {addr}; waiting up to {:?} for open connections: {}",
             config.shutdown_timeout,
             pool.open_connections()
         );
@@ -148,11 +135,7 @@ impl Server {
         let mut last_warning: Option<Instant> = None;
         while !self.stop.is_requested() {
             match self.listener.accept() {
-                Ok((stream, peer)) => pool.dispatch(Conn {
-                    stream,
-                    peer,
-                    accepted: Instant::now(),
-                }),
+                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(&mut events, None),
                 // The client gave up between its handshake and our accept, or a signal arrived: try again.
                 Err(e) if is_transient(&e) => debug!("accept: {e}"),
@@ -174,11 +157,7 @@ impl Server {
     fn accept_already_queued(&mut self, pool: &Pool) {
         for _ in 0..self.config.backlog {
             match self.listener.accept() {
-                Ok((stream, peer)) => pool.dispatch(Conn {
-                    stream,
-                    peer,
-                    accepted: Instant::now(),
-                }),
+                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
                 Err(e) if is_transient(&e) => {}
                 Err(_) => return,
             }
@@ -196,8 +175,6 @@ impl Server {
 }
 
 fn is_transient(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-    ) || error.raw_os_error() == Some(libc::EPROTO)
+    matches!(error.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted)
+        || error.raw_os_error() == Some(libc::EPROTO)
 }

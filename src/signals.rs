@@ -17,9 +17,7 @@ pub fn install(handle: ShutdownHandle) -> Result<(), ctrlc::Error> {
     let received = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if received.fetch_add(1, SeqCst) == 0 {
-            info!(
-                "stop signal received: finishing open connections (signal again to exit at once)"
-            );
+            info!("stop signal received: finishing open connections (signal again to exit at once)");
             handle.shutdown();
         } else {
             warn!("second stop signal received: exiting now, abandoning open connections");

@@ -15,11 +15,7 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result
         }
         // Round up so that a sub-millisecond remainder still waits instead of spinning.
         let millis = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
-        let mut pollfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
+        let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
         // SAFETY: `pollfd` is a valid array of one element for the duration of the call.
         let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
         match ready {
@@ -50,11 +46,7 @@ pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, seconds: u32) -> io::Result<(
             mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// The connection's measured round-trip time (TCP_INFO's `tcpi_rtt`).

@@ -33,11 +33,7 @@ pub(crate) enum Wait {
     /// Its request, until `deadline`.
     Request { conn: Conn, deadline: Instant },
     /// The end of its leftover input, until `deadline`; the reply has been sent.
-    Leftovers {
-        conn: Conn,
-        deadline: Instant,
-        discarded: usize,
-    },
+    Leftovers { conn: Conn, deadline: Instant, discarded: usize },
 }
 
 impl Wait {
@@ -90,14 +86,10 @@ pub(crate) struct WaitingRoom {
 impl WaitingRoom {
     /// Creates the room (not yet running) and its door. `jobs` is where readable requests go back to.
     pub(crate) fn new(jobs: Sender<Conn>) -> Result<(WaitingRoom, Door), Error> {
-        let poll = Poll::new().map_err(|source| Error::Io {
-            what: "create the waiting room's epoll",
-            source,
-        })?;
-        let waker = Waker::new(poll.registry(), WAKE).map_err(|source| Error::Io {
-            what: "create the waiting room's waker",
-            source,
-        })?;
+        let poll =
+            Poll::new().map_err(|source| Error::Io { what: "create the waiting room's epoll", source })?;
+        let waker = Waker::new(poll.registry(), WAKE)
+            .map_err(|source| Error::Io { what: "create the waiting room's waker", source })?;
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
         let room = WaitingRoom {
             poll,
@@ -108,30 +100,19 @@ impl WaitingRoom {
             next_token: 1,
             buf: vec![0; 64 * 1024],
         };
-        Ok((
-            room,
-            Door {
-                inbox: inbox_tx,
-                waker,
-            },
-        ))
+        Ok((room, Door { inbox: inbox_tx, waker }))
     }
 
     /// Runs until a shutdown has begun and no connection is open anywhere in the pool.
     pub(crate) fn run(mut self, shared: Arc<Shared>) {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self
-                .deadlines
-                .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            let timeout =
+                self.deadlines.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
-                error!(
-                    "waiting room: epoll failed: {e}; closing {} waiting connections",
-                    self.waiting.len()
-                );
+                error!("waiting room: epoll failed: {e}; closing {} waiting connections", self.waiting.len());
                 return;
             }
             for event in events.iter() {
@@ -153,15 +134,8 @@ impl WaitingRoom {
         let token = Token(self.next_token);
         self.next_token += 1;
         let fd = wait.conn().stream.as_raw_fd();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
-        {
-            error!(
-                "{}: cannot wait for the client: {e}; closing",
-                wait.conn().peer
-            );
+        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE) {
+            error!("{}: cannot wait for the client: {e}; closing", wait.conn().peer);
             shared.stats.count(Ending::Error);
             shared.release();
             return;
@@ -185,27 +159,13 @@ impl WaitingRoom {
                     }
                 }
             }
-            Wait::Leftovers {
-                conn,
-                deadline,
-                mut discarded,
-            } => {
+            Wait::Leftovers { conn, deadline, mut discarded } => {
                 if conn::discard_leftovers(&conn.stream, &mut discarded, &mut self.buf) {
-                    debug!(
-                        "{}: discarded {discarded} B of input left after the reply",
-                        conn.peer
-                    );
+                    debug!("{}: discarded {discarded} B of input left after the reply", conn.peer);
                     self.forget(&conn);
                     shared.release();
                 } else {
-                    self.waiting.insert(
-                        token,
-                        Wait::Leftovers {
-                            conn,
-                            deadline,
-                            discarded,
-                        },
-                    );
+                    self.waiting.insert(token, Wait::Leftovers { conn, deadline, discarded });
                 }
             }
         }
@@ -229,13 +189,8 @@ impl WaitingRoom {
                     conn::timed_out_waiting(&conn, shared);
                     shared.stats.count(Ending::TimedOut);
                 }
-                Wait::Leftovers {
-                    conn, discarded, ..
-                } => {
-                    debug!(
-                        "{}: stopped discarding leftover input after {discarded} B",
-                        conn.peer
-                    );
+                Wait::Leftovers { conn, discarded, .. } => {
+                    debug!("{}: stopped discarding leftover input after {discarded} B", conn.peer);
                 }
             }
             shared.release();

@@ -22,18 +22,8 @@ impl Handler for Fragile {
     }
 }
 
-fn start(
-    workers: usize,
-) -> (
-    SocketAddr,
-    poolserver::ShutdownHandle,
-    JoinHandle<Result<Summary, Error>>,
-) {
-    let config = Config {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        workers,
-        ..Config::default()
-    };
+fn start(workers: usize) -> (SocketAddr, poolserver::ShutdownHandle, JoinHandle<Result<Summary, Error>>) {
+    let config = Config { bind: "127.0.0.1:0".parse().unwrap(), workers, ..Config::default() };
     let server = Server::bind_with(config, Arc::new(Fragile)).unwrap();
     let (addr, stop) = (server.local_addr(), server.shutdown_handle());
     (addr, stop, thread::spawn(move || server.run()))
@@ -57,10 +47,7 @@ fn panics_in_the_handler_never_shrink_the_pool() {
         assert!(reply.is_empty(), "a panicking handler sends nothing");
     }
     for i in 0..10 {
-        assert_eq!(
-            exchange(addr, format!("after {i}").as_bytes()).unwrap(),
-            format!("AFTER {i}").as_bytes()
-        );
+        assert_eq!(exchange(addr, format!("after {i}").as_bytes()).unwrap(), format!("AFTER {i}").as_bytes());
     }
     stop.shutdown();
     let summary = running.join().unwrap().unwrap();
@@ -83,8 +70,5 @@ fn shutdown_can_be_requested_from_any_thread_any_number_of_times() {
         helper.join().unwrap();
     }
     assert_eq!(running.join().unwrap().unwrap().served, 1);
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the listener is closed after run returns"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
 }

@@ -20,10 +20,7 @@ fn binding_a_port_in_use_fails_with_one_line_and_exit_code_1() {
     let (status, stderr) = support::run_to_exit(&["serve", "--bind", &addr], &[]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot bind {addr}: Address already in use")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot bind {addr}: Address already in use")), "{stderr}");
 }
 
 /// A stop signal closes the listener at once, lets the in-flight client finish, and exits 0.
@@ -37,24 +34,12 @@ fn drains_on(bind: &str, signal: i32) {
     server.signal(signal);
     server.wait_for("stopping: closed");
     let refused = TcpStream::connect_timeout(&addr, WAIT).expect_err("the listener is closed");
-    assert_eq!(
-        refused.kind(),
-        ErrorKind::ConnectionRefused,
-        "{bind}: {refused}"
-    );
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{bind}: {refused}");
 
-    assert_eq!(
-        first + support::read_rest(in_flight).unwrap(),
-        BIG,
-        "{bind}: in-flight reply cut short"
-    );
+    assert_eq!(first + support::read_rest(in_flight).unwrap(), BIG, "{bind}: in-flight reply cut short");
     let status = server.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "{bind}: {:#?}", server.log);
-    assert!(
-        server.log.iter().any(|l| l.contains("stopped: served 1,")),
-        "{bind}: {:#?}",
-        server.log
-    );
+    assert!(server.log.iter().any(|l| l.contains("stopped: served 1,")), "{bind}: {:#?}", server.log);
 }
 
 #[test]
@@ -87,14 +72,7 @@ fn sigint_drains_an_ipv4_loopback_server_and_sigterm_an_ipv6_one() {
 fn a_second_signal_exits_at_once_with_a_failure_code() {
     let dir = tempfile::tempdir().unwrap();
     let config = support::big_reply_config(dir.path(), BIG);
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-        "--shutdown-timeout",
-        "1m",
-    ];
+    let args = ["--bind", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--shutdown-timeout", "1m"];
     let mut server = Server::start(&args);
     let (_in_flight, _) = support::slow_reader(server.addr);
     server.signal(libc::SIGTERM);
@@ -102,11 +80,7 @@ fn a_second_signal_exits_at_once_with_a_failure_code() {
     server.signal(libc::SIGINT);
     let status = server.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1), "{:#?}", server.log);
-    assert!(
-        server.log.iter().any(|l| l.contains("second stop signal")),
-        "{:#?}",
-        server.log
-    );
+    assert!(server.log.iter().any(|l| l.contains("second stop signal")), "{:#?}", server.log);
 }
 
 #[test]
@@ -114,30 +88,15 @@ fn a_drain_past_the_shutdown_timeout_abandons_connections_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let config = support::big_reply_config(dir.path(), BIG);
     let config = config.to_str().unwrap();
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        config,
-        "--shutdown-timeout",
-        "500ms",
-        "--write-timeout",
-        "1m",
-    ];
+    let args =
+        ["--bind", "127.0.0.1:0", "--config", config, "--shutdown-timeout", "500ms", "--write-timeout", "1m"];
     let mut server = Server::start(&args);
     let (_stuck, _) = support::slow_reader(server.addr);
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{:#?}", server.log);
-    let warning = server
-        .log
-        .iter()
-        .find(|l| l.contains("shutdown timed out"))
-        .expect("a warning");
-    assert!(
-        warning.contains("[WARN]") && warning.contains("abandoning 1 open connection"),
-        "{warning}"
-    );
+    let warning = server.log.iter().find(|l| l.contains("shutdown timed out")).expect("a warning");
+    assert!(warning.contains("[WARN]") && warning.contains("abandoning 1 open connection"), "{warning}");
 }
 
 #[test]

@@ -21,20 +21,11 @@ fn flag_beats_environment_beats_file_beats_default() {
     let server = Server::start(&["--bind", "127.0.0.1:0", "--config", config]);
     assert_eq!(reply_of(&server), "from file");
 
-    let server = Server::start_with(
-        &["--bind", "127.0.0.1:0", "-c", config],
-        &[("POOLSERVER_REPLY", "from env")],
-    );
+    let server =
+        Server::start_with(&["--bind", "127.0.0.1:0", "-c", config], &[("POOLSERVER_REPLY", "from env")]);
     assert_eq!(reply_of(&server), "from env");
 
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        config,
-        "--reply",
-        "from flag",
-    ];
+    let args = ["--bind", "127.0.0.1:0", "--config", config, "--reply", "from flag"];
     let server = Server::start_with(&args, &[("POOLSERVER_REPLY", "from env")]);
     assert_eq!(reply_of(&server), "from flag");
 }
@@ -58,18 +49,12 @@ fn every_option_can_come_from_the_environment() {
     ];
     let mut server = Server::start_with(&[], &env);
     let line = server.wait_for("listening on");
-    assert!(
-        line.contains("workers 3, queue 5, backlog 300, mode echo"),
-        "{line}"
-    );
+    assert!(line.contains("workers 3, queue 5, backlog 300, mode echo"), "{line}");
     assert_eq!(exchange(server.addr, b"abcdefgh").unwrap(), b"abcd");
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(support::WAIT).success());
     let written = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        written.contains("listening on") && written.contains("stopped: served 1"),
-        "{written}"
-    );
+    assert!(written.contains("listening on") && written.contains("stopped: served 1"), "{written}");
 }
 
 #[test]
@@ -94,10 +79,7 @@ log_level = "info"
     );
     let mut server = Server::start(&["--config", config.to_str().unwrap()]);
     let line = server.wait_for("listening on");
-    assert!(
-        line.contains("workers 3, queue 7, backlog 200, mode echo"),
-        "{line}"
-    );
+    assert!(line.contains("workers 3, queue 7, backlog 200, mode echo"), "{line}");
     assert_eq!(exchange(server.addr, b"hello").unwrap(), b"hel");
 }
 
@@ -106,10 +88,7 @@ fn the_shipped_config_file_parses_and_sets_the_defaults() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/poolserver.toml");
     let mut server = Server::start(&["--config", shipped, "--bind", "127.0.0.1:0"]);
     let line = server.wait_for("listening on");
-    assert!(
-        line.contains("queue 1024, backlog 1024, mode ack"),
-        "{line}"
-    );
+    assert!(line.contains("queue 1024, backlog 1024, mode ack"), "{line}");
     assert_eq!(reply_of(&server), REPLY);
 }
 
@@ -122,42 +101,23 @@ fn rejected(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     full.extend_from_slice(args);
     let (status, stderr) = run_to_exit(&full, env);
     assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "{args:?} {env:?}: not one line: {stderr}"
-    );
+    assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: not one line: {stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");
     for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "{args:?} {env:?}: {needle:?} not in {stderr}"
-        );
+        assert!(stderr.contains(needle), "{args:?} {env:?}: {needle:?} not in {stderr}");
     }
 }
 
 #[test]
 fn bad_flag_values_are_named() {
-    rejected(
-        &["--workers", "many"],
-        &[],
-        &["--workers", "'many' is not a whole number"],
-    );
+    rejected(&["--workers", "many"], &[], &["--workers", "'many' is not a whole number"]);
     rejected(&["--workers", "0"], &[], &["--workers", "at least 1"]);
     rejected(&["--queue", "0"], &[], &["--queue", "at least 1"]);
     rejected(&["--backlog=-5"], &[], &["--backlog", "not a whole number"]);
     rejected(&["--mode", "shout"], &[], &["--mode", "shout"]);
     rejected(&["--max-request", "0"], &[], &["--max-request"]);
-    rejected(
-        &["--read-timeout", "5"],
-        &[],
-        &["--read-timeout", "like 250ms"],
-    );
-    rejected(
-        &["--write-timeout", "0s"],
-        &[],
-        &["--write-timeout", "longer than zero"],
-    );
+    rejected(&["--read-timeout", "5"], &[], &["--read-timeout", "like 250ms"]);
+    rejected(&["--write-timeout", "0s"], &[], &["--write-timeout", "longer than zero"]);
     rejected(&["--log-level", "loud"], &[], &["--log-level", "loud"]);
     rejected(&["--bind", "nowhere"], &[], &["--bind", "HOST:PORT"]);
     rejected(&["--no-such-flag"], &[], &["--no-such-flag"]);
@@ -165,16 +125,8 @@ fn bad_flag_values_are_named() {
 
 #[test]
 fn bad_environment_values_name_the_variable() {
-    rejected(
-        &[],
-        &[("POOLSERVER_WORKERS", "many")],
-        &["--workers", "POOLSERVER_WORKERS"],
-    );
-    rejected(
-        &[],
-        &[("POOLSERVER_SHUTDOWN_TIMEOUT", "soon")],
-        &["POOLSERVER_SHUTDOWN_TIMEOUT"],
-    );
+    rejected(&[], &[("POOLSERVER_WORKERS", "many")], &["--workers", "POOLSERVER_WORKERS"]);
+    rejected(&[], &[("POOLSERVER_SHUTDOWN_TIMEOUT", "soon")], &["POOLSERVER_SHUTDOWN_TIMEOUT"]);
 }
 
 #[test]
@@ -183,10 +135,7 @@ fn bad_config_files_name_the_file_and_the_key() {
     let cases: [(&str, &[&str]); 7] = [
         ("workers = 0\n", &["workers", "at least 1"]),
         ("queue = 0\n", &["queue", "at least 1"]),
-        (
-            "read_timeout = \"soon\"\n",
-            &["read_timeout", "'soon' is not a duration"],
-        ),
+        ("read_timeout = \"soon\"\n", &["read_timeout", "'soon' is not a duration"]),
         ("bogus = 1\n", &["unknown field `bogus`", "line 1"]),
         ("workers = \"two\"\n", &["line 1", "workers = \"two\""]),
         ("mode = \"shout\"\n", &["line 1", "shout"]),
@@ -206,17 +155,9 @@ fn unreadable_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.toml");
     let missing = missing.to_str().unwrap();
-    rejected(
-        &["--config", missing],
-        &[],
-        &["cannot read config file", missing],
-    );
+    rejected(&["--config", missing], &[], &["cannot read config file", missing]);
     let directory = dir.path().to_str().unwrap();
-    rejected(
-        &["--config", directory],
-        &[],
-        &["cannot read config file", directory],
-    );
+    rejected(&["--config", directory], &[], &["cannot read config file", directory]);
     let log = dir.path().join("no/such/dir/server.log");
     let log = log.to_str().unwrap();
     rejected(&["--log-file", log], &[], &["cannot open log file", log]);
@@ -224,17 +165,10 @@ fn unreadable_files_are_named() {
 
 #[test]
 fn help_lists_every_option_with_its_variable() {
-    let output = support::command(&["serve", "--help"], &[])
-        .output()
-        .unwrap();
+    let output = support::command(&["serve", "--help"], &[]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for var in [
-        "POOLSERVER_BIND",
-        "POOLSERVER_WORKERS",
-        "POOLSERVER_READ_TIMEOUT",
-        "POOLSERVER_LOG_FILE",
-    ] {
+    for var in ["POOLSERVER_BIND", "POOLSERVER_WORKERS", "POOLSERVER_READ_TIMEOUT", "POOLSERVER_LOG_FILE"] {
         assert!(help.contains(var), "{var} missing from:\n{help}");
     }
 }

@@ -39,10 +39,7 @@ fn three_hundred_concurrent_clients_are_all_answered() {
         })
         .collect();
     for (i, client) in clients.into_iter().enumerate() {
-        let reply = client
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        let reply = client.join().unwrap().unwrap_or_else(|e| panic!("client {i}: {e}"));
         assert_eq!(reply, REPLY.as_bytes(), "client {i}");
     }
 }
@@ -56,14 +53,7 @@ fn echo_returns_non_utf8_bytes_unchanged() {
 
 #[test]
 fn one_read_of_at_most_max_request_bytes() {
-    let server = Server::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--mode",
-        "echo",
-        "--max-request",
-        "10",
-    ]);
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--mode", "echo", "--max-request", "10"]);
     let reply = exchange(server.addr, &[b'a'; 100]).unwrap();
     assert_eq!(reply, [b'a'; 10]);
 }
@@ -73,13 +63,9 @@ fn a_client_that_sent_a_mebibyte_gets_the_whole_reply_and_no_reset() {
     let server = Server::start(&["--bind", "127.0.0.1:0"]);
     for _ in 0..3 {
         let mut client = connect(server.addr);
-        client
-            .write_all(&vec![b'x'; 1 << 20])
-            .expect("the server keeps reading until we are done");
+        client.write_all(&vec![b'x'; 1 << 20]).expect("the server keeps reading until we are done");
         let mut reply = Vec::new();
-        client
-            .read_to_end(&mut reply)
-            .expect("reply then EOF, never ECONNRESET");
+        client.read_to_end(&mut reply).expect("reply then EOF, never ECONNRESET");
         assert_eq!(reply, REPLY.as_bytes());
     }
 }
@@ -88,12 +74,7 @@ fn a_client_that_sent_a_mebibyte_gets_the_whole_reply_and_no_reset() {
 fn a_reply_of_several_mebibytes_is_written_completely() {
     let dir = tempfile::tempdir().unwrap();
     let config = support::big_reply_config(dir.path(), 6 << 20);
-    let server = Server::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--config", config.to_str().unwrap()]);
     let reply = exchange(server.addr, b"hello").unwrap();
     assert_eq!(reply.len(), 6 << 20);
     assert!(reply.iter().all(|&b| b == b'x'));
@@ -102,43 +83,25 @@ fn a_reply_of_several_mebibytes_is_written_completely() {
 #[test]
 fn idle_clients_neither_block_two_workers_nor_outstay_the_read_timeout() {
     let read_timeout = Duration::from_secs(3);
-    let mut server = Server::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--read-timeout",
-        "3s",
-    ]);
-    let idle: Vec<(TcpStream, Instant)> = (0..40)
-        .map(|_| (connect(server.addr), Instant::now()))
-        .collect();
+    let mut server = Server::start(&["--bind", "127.0.0.1:0", "--workers", "2", "--read-timeout", "3s"]);
+    let idle: Vec<(TcpStream, Instant)> = (0..40).map(|_| (connect(server.addr), Instant::now())).collect();
 
     // Ordinary clients are answered while all 40 idle ones are still connected.
     for i in 0..20 {
         let mut client = connect(server.addr);
-        client
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         client.write_all(b"hello").unwrap();
         let mut reply = Vec::new();
-        client
-            .read_to_end(&mut reply)
-            .unwrap_or_else(|e| panic!("ordinary client {i} was held up: {e}"));
+        client.read_to_end(&mut reply).unwrap_or_else(|e| panic!("ordinary client {i} was held up: {e}"));
         assert_eq!(reply, REPLY.as_bytes());
     }
-    assert!(
-        idle.iter().all(|(s, _)| !support::is_closed_by_server(s)),
-        "idle clients closed early"
-    );
+    assert!(idle.iter().all(|(s, _)| !support::is_closed_by_server(s)), "idle clients closed early");
 
     // Each idle client is closed about read_timeout after it connected: not a second of TCP_DEFER_ACCEPT
     // later, and not before.
     for (i, (mut stream, connected)) in idle.into_iter().enumerate() {
         let mut byte = [0; 1];
-        let n = stream
-            .read(&mut byte)
-            .unwrap_or_else(|e| panic!("idle client {i}: {e}"));
+        let n = stream.read(&mut byte).unwrap_or_else(|e| panic!("idle client {i}: {e}"));
         let after = connected.elapsed();
         assert_eq!(n, 0, "idle client {i} got data");
         assert!(
@@ -184,14 +147,7 @@ fn a_full_queue_answers_the_busy_reply_at_once_and_counts_it() {
     assert_eq!(support::read_rest(queued).unwrap(), 8 << 20);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(WAIT).success());
-    assert!(
-        server
-            .log
-            .iter()
-            .any(|l| l.contains("stopped: served 2, busy 1")),
-        "{:#?}",
-        server.log
-    );
+    assert!(server.log.iter().any(|l| l.contains("stopped: served 2, busy 1")), "{:#?}", server.log);
 }
 
 #[test]
@@ -201,21 +157,13 @@ fn client_bytes_never_reach_the_log_raw() {
     assert_eq!(exchange(server.addr, forged).unwrap(), REPLY.as_bytes());
     let line = server.wait_for(" served: ");
     assert!(
-        line.ends_with(
-            r#"request "hi\n2026-01-01T00:00:00Z [ERROR] forged line\r\u{1b}[2J\xff\"""#
-        ),
+        line.ends_with(r#"request "hi\n2026-01-01T00:00:00Z [ERROR] forged line\r\u{1b}[2J\xff\"""#),
         "{line}"
     );
     server.signal(libc::SIGTERM);
     server.wait_exit(WAIT);
     for line in &server.log {
-        assert!(
-            !line.starts_with("2026-01-01T00:00:00Z"),
-            "forged line in the log: {line}"
-        );
-        assert!(
-            !line.contains(['\r', '\u{1b}', '\u{fffd}']),
-            "raw control byte in the log: {line:?}"
-        );
+        assert!(!line.starts_with("2026-01-01T00:00:00Z"), "forged line in the log: {line}");
+        assert!(!line.contains(['\r', '\u{1b}', '\u{fffd}']), "raw control byte in the log: {line:?}");
     }
 }

@@ -68,38 +68,22 @@ impl Server {
         let mut full = vec!["serve"];
         full.extend_from_slice(args);
         let mut cmd = command(&full, env);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn poolserver");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = crossbeam_channel::unbounded();
         thread::spawn(move || {
             for line in BufReader::new(stderr).split(b'\n') {
                 let Ok(line) = line else { break };
-                if tx
-                    .send(String::from_utf8_lossy(&line).into_owned())
-                    .is_err()
-                {
+                if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
                     break;
                 }
             }
         });
-        let mut server = Server {
-            child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            lines,
-            log: Vec::new(),
-        };
+        let mut server = Server { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), lines, log: Vec::new() };
         let line = server.wait_for("listening on ");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or("");
-        server.addr = addr
-            .parse()
-            .unwrap_or_else(|_| panic!("no address in {line:?}"));
+        let addr = line.split("listening on ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("");
+        server.addr = addr.parse().unwrap_or_else(|_| panic!("no address in {line:?}"));
         server
     }
 
@@ -126,14 +110,12 @@ impl Server {
                         return line;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no log line with {needle:?} within {WAIT:?}:\n{}",
-                    self.log.join("\n")
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "server exited without logging {needle:?}:\n{}",
-                    self.log.join("\n")
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?} within {WAIT:?}:\n{}", self.log.join("\n"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server exited without logging {needle:?}:\n{}", self.log.join("\n"))
+                }
             }
         }
     }
@@ -142,23 +124,13 @@ impl Server {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with the PID of a child we have not reaped yet.
         let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {signal}) failed: {}",
-            self.pid(),
-            io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill({}, {signal}) failed: {}", self.pid(), io::Error::last_os_error());
     }
 
     /// Waits for the process to exit (failing the test after `within`) and reads the rest of its stderr.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let status = wait_child(&mut self.child, within).unwrap_or_else(|| {
-            panic!(
-                "server still running after {within:?}:\n{}",
-                self.log.join("\n")
-            )
-        });
+        let status = wait_child(&mut self.child, within)
+            .unwrap_or_else(|| panic!("server still running after {within:?}:\n{}", self.log.join("\n")));
         let deadline = Instant::now() + WAIT;
         while let Ok(line) = self.lines.recv_deadline(deadline) {
             self.log.push(line);
@@ -207,31 +179,21 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) 
         }
     };
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    child.stderr.take().expect("piped stderr").read_to_string(&mut stderr).expect("read stderr");
     (status, stderr)
 }
 
 pub fn loopback(addr: SocketAddr) -> SocketAddr {
     match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
-        }
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
-        }
+        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())),
         other => other,
     }
 }
 
 /// The tutorial's client step 1-2: a connected socket, with every wait bounded.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream =
-        TcpStream::connect_timeout(&addr, WAIT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let stream = TcpStream::connect_timeout(&addr, WAIT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(WAIT)).expect("read timeout");
     stream.set_write_timeout(Some(WAIT)).expect("write timeout");
     stream
@@ -249,12 +211,8 @@ pub fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
 /// A client that asked for a reply and reads it slowly: a small receive buffer, so a large reply keeps the
 /// server's worker writing. Returns once the first bytes have arrived, i.e. once the worker is mid-reply.
 pub fn slow_reader(addr: SocketAddr) -> (TcpStream, usize) {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .expect("socket");
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     socket.connect_timeout(&addr.into(), WAIT).expect("connect");
     let mut stream: TcpStream = socket.into();

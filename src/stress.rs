@@ -1,0 +1,327 @@
+//! `poolserver stress`: many clients at once, each looping the tutorial's five steps, with every reply
+//! checked, every connection's latency in an HDR histogram and every failure counted by kind.
+//!
+//! Clients are plain blocking threads, like the server's workers: on two cores this keeps the load generator
+//! cheap enough that it can push the server instead of itself. Optional idle connections send nothing for
+//! the whole run, to show how the server treats silent clients.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Read},
+    net::TcpStream,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    thread,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::client::{Exchange, Failure, FailureKind};
+
+/// No run goes on longer than this, whatever it was asked.
+pub const MAX_RUN: Duration = Duration::from_secs(3600);
+
+/// When a run ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    /// After this many connections in total.
+    Requests(u64),
+    /// After this long.
+    Duration(Duration),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub exchange: Exchange,
+    pub clients: usize,
+    pub limit: Limit,
+    pub message: Vec<u8>,
+    pub expect: Vec<u8>,
+    /// A reply equal to this counts as `busy`, not `wrong_reply`.
+    pub busy: Vec<u8>,
+    pub idle: usize,
+}
+
+/// What happened to the idle connections.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct IdleReport {
+    pub held: usize,
+    pub closed_by_server: usize,
+    pub reset_by_server: usize,
+    pub got_data: usize,
+    pub still_open: usize,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Report {
+    pub plan: Plan,
+    pub ok: u64,
+    pub errors: BTreeMap<FailureKind, u64>,
+    /// The first message seen for each kind of error.
+    pub first_errors: BTreeMap<FailureKind, String>,
+    pub elapsed: Duration,
+    /// Microseconds from connect to the server's close, for every connection that got a reply.
+    pub latency: Histogram<u64>,
+    pub idle: IdleReport,
+}
+
+impl Report {
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn conns_per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentile(&self, q: f64) -> u64 {
+        if self.latency.is_empty() { 0 } else { self.latency.value_at_quantile(q) }
+    }
+
+    /// The report for scripts: one JSON object.
+    pub fn to_json(&self) -> String {
+        let errors: BTreeMap<&str, u64> =
+            ALL_KINDS.iter().map(|kind| (kind.name(), self.errors.get(kind).copied().unwrap_or(0))).collect();
+        let first_errors: BTreeMap<&str, &str> =
+            self.first_errors.iter().map(|(kind, message)| (kind.name(), message.as_str())).collect();
+        let json = serde_json::json!({
+            "addr": self.plan.exchange.addr.to_string(),
+            "clients": self.plan.clients,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "ok": self.ok,
+            "failed": self.failed(),
+            "errors": errors,
+            "first_errors": first_errors,
+            "conns_per_sec": self.conns_per_sec(),
+            "latency_us": {
+                "p50": self.percentile(0.5),
+                "p90": self.percentile(0.9),
+                "p99": self.percentile(0.99),
+                "p999": self.percentile(0.999),
+                "max": self.latency.max(),
+            },
+            "idle": self.idle,
+        });
+        json.to_string()
+    }
+
+    /// The report for people: a short table.
+    pub fn to_table(&self) -> String {
+        let us = |v: u64| format!("{:.1?}", Duration::from_micros(v));
+        let mut out = format!(
+            "target       {} ({} clients, {:.2} s)\nconnections  {} ok, {} failed\nthroughput   {:.0} conn/s\n",
+            self.plan.exchange.addr,
+            self.plan.clients,
+            self.elapsed.as_secs_f64(),
+            self.ok,
+            self.failed(),
+            self.conns_per_sec()
+        );
+        out += &format!(
+            "latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+            us(self.percentile(0.5)),
+            us(self.percentile(0.9)),
+            us(self.percentile(0.99)),
+            us(self.percentile(0.999)),
+            us(self.latency.max())
+        );
+        if self.errors.is_empty() {
+            out += "errors       none\n";
+        } else {
+            for (kind, count) in &self.errors {
+                let first = self.first_errors.get(kind).map(String::as_str).unwrap_or("");
+                out += &format!("errors       {} {count} (first: {first})\n", kind.name());
+            }
+        }
+        if self.idle.held > 0 {
+            out += &format!(
+                "idle         {} held: {} closed by the server, {} reset, {} got data, {} still open\n",
+                self.idle.held,
+                self.idle.closed_by_server,
+                self.idle.reset_by_server,
+                self.idle.got_data,
+                self.idle.still_open
+            );
+        }
+        out
+    }
+}
+
+const ALL_KINDS: [FailureKind; 7] = [
+    FailureKind::Refused,
+    FailureKind::Reset,
+    FailureKind::Timeout,
+    FailureKind::WrongReply,
+    FailureKind::Busy,
+    FailureKind::AddrNotAvailable,
+    FailureKind::Other,
+];
+
+/// One client thread's counts, merged into the report at the end.
+struct Tally {
+    ok: u64,
+    errors: BTreeMap<FailureKind, u64>,
+    first_errors: BTreeMap<FailureKind, String>,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            ok: 0,
+            errors: BTreeMap::new(),
+            first_errors: BTreeMap::new(),
+            // 1 µs to 10 minutes at three significant digits.
+            latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        *self.errors.entry(failure.kind).or_default() += 1;
+        self.first_errors.entry(failure.kind).or_insert(failure.detail);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+        for (kind, message) in other.first_errors {
+            self.first_errors.entry(kind).or_insert(message);
+        }
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency.add(other.latency);
+    }
+}
+
+/// Runs `plan`, showing a progress bar on stderr when `progress` is set.
+pub fn run(plan: Plan, progress: bool) -> Report {
+    let idle = open_idle(&plan);
+    let started = Instant::now();
+    let deadline = started
+        + match plan.limit {
+            Limit::Duration(d) => d.min(MAX_RUN),
+            Limit::Requests(_) => MAX_RUN,
+        };
+    let issued = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+
+    let mut total = Tally::new();
+    thread::scope(|scope| {
+        let clients: Vec<_> =
+            (0..plan.clients).map(|_| scope.spawn(|| client_loop(&plan, deadline, &issued, &done))).collect();
+        if progress {
+            scope.spawn(|| show_progress(&plan, started, &done, &finished));
+        }
+        for client in clients {
+            if let Ok(tally) = client.join() {
+                total.merge(tally);
+            }
+        }
+        finished.store(true, Relaxed);
+    });
+    let elapsed = started.elapsed();
+    let mut report = Report {
+        ok: total.ok,
+        errors: total.errors,
+        first_errors: total.first_errors,
+        elapsed,
+        latency: total.latency,
+        idle: IdleReport::default(),
+        plan,
+    };
+    report.idle = check_idle(idle, &mut report);
+    report
+}
+
+fn client_loop(plan: &Plan, deadline: Instant, issued: &AtomicU64, done: &AtomicU64) -> Tally {
+    let mut tally = Tally::new();
+    let mut reply = Vec::with_capacity(plan.expect.len().max(64));
+    loop {
+        if let Limit::Requests(n) = plan.limit
+            && issued.fetch_add(1, Relaxed) >= n
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        let started = Instant::now();
+        match plan.exchange.run(&plan.message, &mut reply) {
+            Ok(()) => {
+                let _ = tally.latency.record(started.elapsed().as_micros().max(1) as u64);
+                if reply == plan.expect {
+                    tally.ok += 1;
+                } else if reply == plan.busy {
+                    tally.fail(Failure {
+                        kind: FailureKind::Busy,
+                        detail: "the server answered busy".to_owned(),
+                    });
+                } else {
+                    let shown =
+                        String::from_utf8_lossy(&reply[..reply.len().min(64)]).escape_debug().to_string();
+                    tally.fail(Failure {
+                        kind: FailureKind::WrongReply,
+                        detail: format!("unexpected reply \"{shown}\""),
+                    });
+                }
+            }
+            Err(failure) => tally.fail(failure),
+        }
+        done.fetch_add(1, Relaxed);
+    }
+    tally
+}
+
+/// Opens the idle connections before the clients start; failing to open one is counted as an error.
+fn open_idle(plan: &Plan) -> Vec<io::Result<TcpStream>> {
+    (0..plan.idle).map(|_| TcpStream::connect_timeout(&plan.exchange.addr, plan.exchange.timeout)).collect()
+}
+
+/// Looks at each idle connection without waiting: did the server close it, reset it, or leave it open?
+fn check_idle(idle: Vec<io::Result<TcpStream>>, report: &mut Report) -> IdleReport {
+    let mut result = IdleReport::default();
+    for connection in idle {
+        let stream = match connection {
+            Ok(stream) => stream,
+            Err(e) => {
+                let detail = format!("cannot open an idle connection to {}: {e}", report.plan.exchange.addr);
+                *report.errors.entry(FailureKind::Other).or_default() += 1;
+                report.first_errors.entry(FailureKind::Other).or_insert(detail);
+                continue;
+            }
+        };
+        result.held += 1;
+        let _ = stream.set_nonblocking(true);
+        match (&stream).read(&mut [0; 64]) {
+            Ok(0) => result.closed_by_server += 1,
+            Ok(_) => result.got_data += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => result.still_open += 1,
+            Err(_) => result.reset_by_server += 1,
+        }
+    }
+    result
+}
+
+fn show_progress(plan: &Plan, started: Instant, done: &AtomicU64, finished: &AtomicBool) {
+    let bar = match plan.limit {
+        Limit::Requests(n) => ProgressBar::new(n),
+        Limit::Duration(_) => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos} conns {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    while !finished.load(Relaxed) {
+        let count = done.load(Relaxed);
+        bar.set_position(count);
+        bar.set_message(format!("{:.0} conn/s", count as f64 / started.elapsed().as_secs_f64().max(1e-3)));
+        thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}

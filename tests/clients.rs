@@ -1,0 +1,134 @@
+//! `poolserver send` and `poolserver stress` against a real server on loopback.
+
+mod support;
+
+use std::{
+    io::Write,
+    net::TcpListener,
+    process::{Output, Stdio},
+};
+
+use serde_json::Value;
+use support::{REPLY, Server, command};
+
+fn run(args: &[&str]) -> Output {
+    command(args, &[]).stdin(Stdio::null()).output().expect("run poolserver")
+}
+
+fn stress_json(addr: &str, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec!["stress", "--addr", addr, "--json", "--timeout", "5s"];
+    args.extend_from_slice(extra);
+    let output = run(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    (output, json)
+}
+
+#[test]
+fn send_prints_the_reply_and_exits_0() {
+    let server = Server::start(&["--bind", "127.0.0.1:0"]);
+    let output = run(&["send", "--addr", &server.addr.to_string(), "hello"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), REPLY);
+}
+
+#[test]
+fn send_reads_the_message_from_stdin() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--mode", "echo"]);
+    let mut child = command(&["send", "--addr", &server.addr.to_string(), "-"], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"from stdin\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(output.stdout, b"from stdin\n");
+}
+
+#[test]
+fn send_to_a_closed_port_fails_with_one_line() {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let output = run(&["send", "--addr", &addr, "--timeout", "2s"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("cannot connect to {addr}: Connection refused")), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn stress_counts_add_up_against_a_healthy_server() {
+    let server = Server::start(&["--bind", "127.0.0.1:0"]);
+    let (output, json) = stress_json(&server.addr.to_string(), &["--clients", "8", "--requests", "2000"]);
+    assert!(output.status.success(), "{json}");
+    assert_eq!(json["ok"], 2000, "{json}");
+    assert_eq!(json["failed"], 0, "{json}");
+    for kind in ["refused", "reset", "timeout", "wrong_reply", "busy"] {
+        assert_eq!(json["errors"][kind], 0, "{kind}: {json}");
+    }
+    let latency = &json["latency_us"];
+    assert!(
+        latency["p50"].as_u64() <= latency["p99"].as_u64()
+            && latency["p99"].as_u64() <= latency["max"].as_u64()
+    );
+    assert!(json["conns_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn stress_counts_wrong_replies_and_fails() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--reply", "something else"]);
+    let (output, json) = stress_json(&server.addr.to_string(), &["--clients", "4", "--requests", "100"]);
+    assert_eq!(output.status.code(), Some(1), "{json}");
+    assert_eq!(json["ok"], 0);
+    assert_eq!(json["errors"]["wrong_reply"], 100, "{json}");
+}
+
+#[test]
+fn stress_counts_refused_connections_and_fails() {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (output, json) = stress_json(&addr, &["--clients", "2", "--requests", "10"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(json["errors"]["refused"], 10, "{json}");
+}
+
+#[test]
+fn stress_reports_idle_connections_the_server_closed() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--read-timeout", "1s"]);
+    let args = ["--clients", "2", "--duration", "2500ms", "--idle", "6"];
+    let (output, json) = stress_json(&server.addr.to_string(), &args);
+    assert!(output.status.success(), "{json}");
+    assert_eq!(json["idle"]["held"], 6, "{json}");
+    assert_eq!(json["idle"]["closed_by_server"], 6, "{json}");
+}
+
+#[test]
+fn stress_prints_a_table_for_people() {
+    let server = Server::start(&["--bind", "127.0.0.1:0"]);
+    let output = run(&["stress", "--addr", &server.addr.to_string(), "--requests", "50"]);
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    for row in ["connections  50 ok, 0 failed", "throughput", "latency      p50", "errors       none"] {
+        assert!(table.contains(row), "{row:?} missing from:\n{table}");
+    }
+}
+
+#[test]
+fn the_stress_script_runs_its_quick_ladder() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stress.sh");
+    let mut child = std::process::Command::new("bash")
+        .args([script, "--quick", "--bin", support::BIN])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = support::wait_child(&mut child, std::time::Duration::from_secs(60)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("stress.sh --quick ran past 60 s")
+    });
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("clients") && stdout.contains("conn/s"), "{stdout}");
+}
