@@ -45,6 +45,7 @@ pub mod signals;
 mod stats;
 pub mod stress;
 mod sys;
+mod systemd;
 mod waiting;
 
 pub use config::{Config, Mode};

@@ -4,7 +4,7 @@
 use std::{
     io,
     net::{SocketAddr, TcpStream},
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, RawFd},
     time::Duration,
 };
 
@@ -20,8 +20,10 @@ const DEFER_ACCEPT: Duration = Duration::from_secs(1);
 pub(crate) struct Listener {
     socket: Socket,
     local_addr: SocketAddr,
-    /// Set when TCP_DEFER_ACCEPT is on: a silent client was held in the kernel about this long.
+    /// Set when TCP_DEFER_ACCEPT is on: a silent client was held in the kernel at least this long.
     held_back: Option<Duration>,
+    /// Passed in by systemd: the socket outlives this process and its queue belongs to the next one.
+    inherited: bool,
 }
 
 impl Listener {
@@ -52,7 +54,33 @@ impl Listener {
         } else {
             None
         };
-        Ok(Listener { socket, local_addr, held_back })
+        Ok(Listener { socket, local_addr, held_back, inherited: false })
+    }
+
+    /// Serves on a listening socket that systemd passed in (socket activation). Its options are systemd's
+    /// (Backlog=, DeferAcceptSec=); we only read whether TCP_DEFER_ACCEPT is on.
+    pub(crate) fn inherit(fd: RawFd) -> Result<Listener, Error> {
+        let fail = |source| Error::Io { what: "serve on the socket passed by systemd", source };
+        // SAFETY: systemd hands this descriptor to the process to own (LISTEN_FDS); nothing else uses it.
+        let socket = unsafe { Socket::from_raw_fd(fd) };
+        if !socket.is_listener().map_err(fail)? || socket.r#type().map_err(fail)? != Type::STREAM {
+            return Err(fail(io::Error::other(format!(
+                "file descriptor {fd} is not a listening TCP socket; check ListenStream= in the socket unit"
+            ))));
+        }
+        socket.set_nonblocking(true).map_err(fail)?;
+        let local_addr = socket.local_addr().map_err(fail)?.as_socket().ok_or_else(|| {
+            fail(io::Error::other(format!("file descriptor {fd} is not an IPv4 or IPv6 socket")))
+        })?;
+        let held_back = match sys::defer_accept(socket.as_fd()) {
+            Ok(seconds) if seconds > 0 => Some(DEFER_ACCEPT),
+            _ => None,
+        };
+        Ok(Listener { socket, local_addr, held_back, inherited: true })
+    }
+
+    pub(crate) fn is_inherited(&self) -> bool {
+        self.inherited
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {

@@ -122,6 +122,10 @@ impl Pool {
         }
     }
 
+    pub(crate) fn summary(&self) -> crate::Summary {
+        self.shared.stats.summary()
+    }
+
     pub(crate) fn open_connections(&self) -> usize {
         self.shared.stats.open()
     }

@@ -2,7 +2,8 @@
 //!
 //! The main thread waits for connections and hands each to the pool. Waiting uses epoll on the listener and
 //! a waker, so that a stop request wakes it reliably whatever the address (loopback, wildcard, IPv6, port 0)
-//! without connecting to ourselves.
+//! without connecting to ourselves. Under systemd the listener may be inherited (socket activation) and
+//! readiness, status and stopping are reported to the service manager.
 
 use std::{
     io,
@@ -26,6 +27,7 @@ use crate::{
     listener::Listener,
     pool::Pool,
     stats::Summary,
+    systemd::{self, Notifier},
 };
 
 const LISTENER: Token = Token(0);
@@ -81,8 +83,12 @@ impl Server {
     }
 
     /// Binds `config.bind` and serves `handler`'s protocol (`config.mode` and `config.reply` are not used).
+    /// When systemd passed a listening socket (LISTEN_FDS), serves on that instead and ignores `bind`.
     pub fn bind_with(config: Config, handler: Arc<dyn Handler>) -> Result<Server, Error> {
-        let listener = Listener::bind(&config)?;
+        let listener = match systemd::inherited_listener()? {
+            Some(fd) => Listener::inherit(fd)?,
+            None => Listener::bind(&config)?,
+        };
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the accept loop's epoll"))?;
         poll.registry()
@@ -105,24 +111,40 @@ impl Server {
 
     /// Serves until a shutdown is requested, then stops accepting and lets open connections finish within
     /// `shutdown_timeout`.
+    ///
+    /// With a socket from systemd, connections still queued in the kernel are left there: the socket
+    /// outlives this process, and the next one serves them.
     pub fn run(mut self) -> Result<Summary, Error> {
         let config = &self.config;
+        let addr = self.local_addr();
+        let origin =
+            if self.listener.is_inherited() { " (socket from systemd; bind is not used)" } else { "" };
         info!(
-            "listening on {} (workers {}, queue {}, backlog {}, {})",
-            self.local_addr(),
-            config.workers,
-            config.queue,
-            config.backlog,
-            self.protocol
+            "listening on {addr}{origin} (workers {}, queue {}, backlog {}, {})",
+            config.workers, config.queue, config.backlog, self.protocol
         );
         let pool = Pool::start(config, Arc::clone(&self.handler), self.listener.held_back())?;
-        self.accept_until_stopped(&pool);
-        self.accept_already_queued(&pool);
+        let mut notifier = Notifier::from_env();
+        if let Some(notifier) = &notifier {
+            notifier.ready(&format!("serving on {addr}"));
+        }
+        self.accept_until_stopped(&pool, &mut notifier);
+        if let Some(notifier) = &notifier {
+            notifier.stopping(&format!("stopping: draining {} open connections", pool.open_connections()));
+        }
+        let inherited = self.listener.is_inherited();
+        if !inherited {
+            self.accept_already_queued(&pool);
+        }
         let Server { config, listener, .. } = self;
-        let addr = listener.local_addr();
         drop(listener);
         info!(
-            "stopping: closed {addr}; waiting up to {:?} for open connections: {}",
+            "stopping: {} {addr}; waiting up to {:?} for open connections: {}",
+            if inherited {
+                "stopped accepting on (queued clients stay for the next process)"
+            } else {
+                "closed"
+            },
             config.shutdown_timeout,
             pool.open_connections()
         );
@@ -130,13 +152,19 @@ impl Server {
             .map_err(|(abandoned, summary)| Error::ShutdownTimedOut { abandoned, summary })
     }
 
-    fn accept_until_stopped(&mut self, pool: &Pool) {
+    fn accept_until_stopped(&mut self, pool: &Pool, notifier: &mut Option<Notifier>) {
         let mut events = Events::with_capacity(4);
         let mut last_warning: Option<Instant> = None;
         while !self.stop.is_requested() {
             match self.listener.accept() {
                 Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(&mut events, None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match notifier {
+                    Some(notifier) => {
+                        self.wait(&mut events, Some(notifier.until_next_status()));
+                        notifier.refresh(pool.summary(), pool.open_connections());
+                    }
+                    None => self.wait(&mut events, None),
+                },
                 // The client gave up between its handshake and our accept, or a signal arrived: try again.
                 Err(e) if is_transient(&e) => debug!("accept: {e}"),
                 // Out of file descriptors or memory: the pending connections stay queued in the kernel; warn

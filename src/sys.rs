@@ -70,3 +70,20 @@ pub(crate) fn round_trip_time(fd: BorrowedFd<'_>) -> Option<Duration> {
     };
     (rc == 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
 }
+
+/// The listener's TCP_DEFER_ACCEPT setting in seconds (0 when off), e.g. as systemd's DeferAcceptSec= set it.
+pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok(value.max(0) as u32) } else { Err(io::Error::last_os_error()) }
+}

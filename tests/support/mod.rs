@@ -4,7 +4,8 @@
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -20,7 +21,12 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub const REPLY: &str = "信息已收到";
 
 /// Every variable the binary reads; cleared so the developer's environment cannot leak into a test.
-const VARS: [&str; 14] = [
+const VARS: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "JOURNAL_STREAM",
     "POOLSERVER_CONFIG",
     "POOLSERVER_BIND",
     "POOLSERVER_WORKERS",
@@ -67,7 +73,11 @@ impl Server {
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut full = vec!["serve"];
         full.extend_from_slice(args);
-        let mut cmd = command(&full, env);
+        Server::start_command(command(&full, env))
+    }
+
+    /// Starts a prepared `poolserver serve` command and waits until it listens.
+    pub fn start_command(mut cmd: Command) -> Server {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn poolserver");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -146,6 +156,28 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `poolserver serve ARGS` as systemd's socket activation starts it: `listener` becomes its file
+/// descriptor 3, with LISTEN_FDS=1 and LISTEN_PID set to its own PID (by a shell that `exec`s it).
+pub fn socket_activated(listener: &TcpListener, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut shell = Command::new("sh");
+    for var in VARS {
+        shell.env_remove(var);
+    }
+    shell.envs(env.iter().copied());
+    shell.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve \"$@\"", BIN]).args(args);
+    let fd = listener.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe, as required between fork and exec.
+    unsafe {
+        shell.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    shell
 }
 
 /// Polls for `child`'s exit until `within` has passed; `None` if it is still running.
