@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use log::LevelFilter;
 
 use crate::config::{self, Mode};
@@ -147,4 +147,15 @@ pub struct ServeArgs {
     /// Also append the log to this file
     #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// Set SO_REUSEPORT so several poolserver processes can serve one port [default: false]
+    #[arg(long, env = "POOLSERVER_REUSE_PORT", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub reuse_port: Option<bool>,
+
+    /// Expect a PROXY protocol header (v1 or v2) before each request, as HAProxy's send-proxy sends it
+    /// [default: false]
+    #[arg(long, env = "POOLSERVER_PROXY_PROTOCOL", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub proxy_protocol: Option<bool>,
 }

@@ -67,6 +67,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_level: LevelFilter,
     pub log_file: Option<PathBuf>,
+    /// SO_REUSEPORT on the listener, so several processes can serve one port.
+    pub reuse_port: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             log_level: LevelFilter::Info,
             log_file: None,
+            reuse_port: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -142,6 +148,8 @@ impl Config {
                 .unwrap_or(defaults.shutdown_timeout),
             log_level: args.log_level.or(file_log_level).unwrap_or(defaults.log_level),
             log_file: args.log_file.clone().or(file.log_file),
+            reuse_port: args.reuse_port.or(file.reuse_port).unwrap_or(defaults.reuse_port),
+            proxy_protocol: args.proxy_protocol.or(file.proxy_protocol).unwrap_or(defaults.proxy_protocol),
         })
     }
 }
@@ -163,6 +171,8 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     log_level: Option<String>,
     log_file: Option<PathBuf>,
+    reuse_port: Option<bool>,
+    proxy_protocol: Option<bool>,
 }
 
 impl FileConfig {

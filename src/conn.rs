@@ -7,7 +7,9 @@
 //! room read and discard the rest (bounded in bytes and time) before the close.
 
 use std::{
+    fmt,
     io::{self, Read, Write},
+    mem,
     net::{Shutdown, SocketAddr, TcpStream},
     os::fd::AsFd,
     time::{Duration, Instant},
@@ -15,7 +17,14 @@ use std::{
 
 use log::{info, warn};
 
-use crate::{pool::Shared, preview::Preview, stats::Ending, sys, waiting::Wait};
+use crate::{
+    pool::Shared,
+    preview::Preview,
+    proxy::{self, HeaderRead},
+    stats::Ending,
+    sys,
+    waiting::Wait,
+};
 
 /// Input discarded after the reply before we close anyway (and the client may see a reset).
 pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
@@ -25,8 +34,60 @@ pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
+    /// The client it speaks for: the peer, or the source a PROXY protocol header named.
+    pub(crate) client: SocketAddr,
     /// When we accepted it; request deadlines count from here, not from when a worker picked it up.
     pub(crate) accepted: Instant,
+    preamble: Preamble,
+}
+
+/// What comes before the request.
+#[derive(Debug)]
+enum Preamble {
+    /// Nothing: the first bytes are the request.
+    None,
+    /// A PROXY protocol header, of which these bytes have arrived.
+    ProxyHeader(Vec<u8>),
+    /// The header has been read, and these request bytes arrived with it.
+    Request(Vec<u8>),
+}
+
+impl Conn {
+    /// A connection accepted just now; `proxy_header` when it must start with a PROXY protocol header.
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, proxy_header: bool) -> Conn {
+        let preamble = if proxy_header { Preamble::ProxyHeader(Vec::new()) } else { Preamble::None };
+        Conn { stream, peer, client: peer, accepted: Instant::now(), preamble }
+    }
+}
+
+impl Conn {
+    /// Who this connection is, for the log; cheap to keep after the connection has moved on.
+    pub(crate) fn who(&self) -> Who {
+        Who { client: self.client, peer: self.peer }
+    }
+}
+
+impl fmt::Display for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.who().fmt(f)
+    }
+}
+
+/// Shows the client, and the peer it came through when a load balancer stands between.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Who {
+    client: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.client == self.peer {
+            write!(f, "{}", self.client)
+        } else {
+            write!(f, "{} (via {})", self.client, self.peer)
+        }
+    }
 }
 
 /// Where a connection goes after a worker has looked at it.
@@ -39,16 +100,38 @@ pub(crate) enum Step {
 }
 
 /// Serves one connection on a worker: one read of at most `buf.len()` bytes, the handler's reply, the close.
-pub(crate) fn serve(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
-    let received = match (&conn.stream).read(buf) {
-        Ok(0) => {
-            info!("{} closed the connection without sending a request", conn.peer);
-            return ended(shared, Ending::HungUp);
+pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
+    if let Preamble::ProxyHeader(received) = &mut conn.preamble {
+        match proxy::read_header(&conn.stream, received) {
+            HeaderRead::More => return wait_for_request(conn, shared),
+            HeaderRead::Done { source, rest } => {
+                conn.client = source.unwrap_or(conn.peer);
+                conn.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Request(rest) };
+            }
+            HeaderRead::Failed(reason) => {
+                warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
+                return ended(shared, Ending::Error);
+            }
+            HeaderRead::Io(e) => return failed(shared, &conn, "reading the PROXY header", &e),
         }
-        Ok(n) => n,
-        // Not here yet: wait for it without holding a worker.
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
-        Err(e) => return failed(shared, conn.peer, "reading the request", &e),
+    }
+    let received = match mem::replace(&mut conn.preamble, Preamble::None) {
+        // The request came in the same read as the header: it is the one read, cut to the buffer.
+        Preamble::Request(early) => {
+            let n = early.len().min(buf.len());
+            buf[..n].copy_from_slice(&early[..n]);
+            n
+        }
+        Preamble::None | Preamble::ProxyHeader(_) => match (&conn.stream).read(buf) {
+            Ok(0) => {
+                info!("{conn} closed the connection without sending a request");
+                return ended(shared, Ending::HungUp);
+            }
+            Ok(n) => n,
+            // Not here yet: wait for it without holding a worker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
+            Err(e) => return failed(shared, &conn, "reading the request", &e),
+        },
     };
 
     let request = &buf[..received];
@@ -57,18 +140,16 @@ pub(crate) fn serve(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     if let Err((written, e)) = write_all(&conn.stream, &reply, deadline) {
         if e.kind() == io::ErrorKind::TimedOut {
             warn!(
-                "{} timed out: wrote {written} of {} reply bytes in {:?}",
-                conn.peer,
+                "{conn} timed out: wrote {written} of {} reply bytes in {:?}",
                 reply.len(),
                 shared.write_timeout
             );
             return ended(shared, Ending::TimedOut);
         }
-        return failed(shared, conn.peer, "writing the reply", &e);
+        return failed(shared, &conn, "writing the reply", &e);
     }
     info!(
-        "{} served: {received} B in, {} B out, {:.1?}, request \"{}\"",
-        conn.peer,
+        "{conn} served: {received} B in, {} B out, {:.1?}, request \"{}\"",
         reply.len(),
         conn.accepted.elapsed(),
         Preview(request)
@@ -113,7 +194,8 @@ fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
 
 /// Logs a connection closed for sending no request in time.
 pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
-    info!("{} timed out: no request within {:?}", conn.peer, shared.read_timeout);
+    let awaited = if matches!(conn.preamble, Preamble::ProxyHeader(_)) { "PROXY header" } else { "request" };
+    info!("{conn} timed out: no {awaited} within {:?}", shared.read_timeout);
 }
 
 /// Answers a connection that found every worker busy and the queue full, then closes it. The socket is fresh,
@@ -122,7 +204,7 @@ pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
 pub(crate) fn turn_away(conn: Conn, shared: &Shared) {
     let _ = (&conn.stream).write(&shared.busy_reply);
     let _ = (&conn.stream).read(&mut [0; 2048]);
-    warn!("{} turned away with the busy reply: every worker busy and the queue full", conn.peer);
+    warn!("{conn} turned away with the busy reply: every worker busy and the queue full");
     shared.stats.count(Ending::Busy);
 }
 
@@ -173,12 +255,12 @@ fn ended(shared: &Shared, ending: Ending) -> Step {
 }
 
 /// Logs an I/O failure at the right level: a client that hung up is routine, anything else is worth a warning.
-fn failed(shared: &Shared, peer: SocketAddr, doing: &str, error: &io::Error) -> Step {
+fn failed(shared: &Shared, conn: &Conn, doing: &str, error: &io::Error) -> Step {
     if is_client_disconnect(error) {
-        info!("{peer} hung up while we were {doing}: {error}");
+        info!("{conn} hung up while we were {doing}: {error}");
         ended(shared, Ending::HungUp)
     } else {
-        warn!("{peer}: failed {doing}: {error}");
+        warn!("{conn}: failed {doing}: {error}");
         ended(shared, Ending::Error)
     }
 }

@@ -40,6 +40,7 @@ mod listener;
 pub mod logging;
 mod pool;
 mod preview;
+mod proxy;
 mod server;
 pub mod signals;
 mod stats;

@@ -36,6 +36,9 @@ impl Listener {
         let socket =
             Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
         socket.set_reuse_address(true).map_err(fail)?;
+        if config.reuse_port {
+            socket.set_reuse_port(true).map_err(fail)?;
+        }
         socket.bind(&addr.into()).map_err(fail)?;
         socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX)).map_err(fail)?;
         socket.set_nonblocking(true).map_err(fail)?;

@@ -6,7 +6,6 @@
 //! connections until every one is closed, and `shutdown` waits for all threads up to a deadline.
 
 use std::{
-    net::SocketAddr,
     panic::{self, AssertUnwindSafe},
     sync::{
         Arc,
@@ -152,12 +151,12 @@ impl Pool {
 fn work(queue: &Receiver<Conn>, shared: &Shared, max_request: usize) {
     let mut buf = vec![0; max_request];
     for conn in queue {
-        let peer: SocketAddr = conn.peer;
+        let who = conn.who();
         match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, shared, &mut buf))) {
             Ok(Step::Closed) => shared.release(),
             Ok(Step::Wait(wait)) => shared.door.admit(wait),
             Err(_) => {
-                error!("{peer}: the handler panicked; closed this connection, the worker goes on");
+                error!("{who}: the handler panicked; closed this connection, the worker goes on");
                 shared.stats.count(Ending::Error);
                 shared.release();
             }

@@ -157,7 +157,7 @@ impl Server {
         let mut last_warning: Option<Instant> = None;
         while !self.stop.is_requested() {
             match self.listener.accept() {
-                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
+                Ok((stream, peer)) => pool.dispatch(Conn::new(stream, peer, self.config.proxy_protocol)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => match notifier {
                     Some(notifier) => {
                         self.wait(&mut events, Some(notifier.until_next_status()));
@@ -185,7 +185,7 @@ impl Server {
     fn accept_already_queued(&mut self, pool: &Pool) {
         for _ in 0..self.config.backlog {
             match self.listener.accept() {
-                Ok((stream, peer)) => pool.dispatch(Conn { stream, peer, accepted: Instant::now() }),
+                Ok((stream, peer)) => pool.dispatch(Conn::new(stream, peer, self.config.proxy_protocol)),
                 Err(e) if is_transient(&e) => {}
                 Err(_) => return,
             }

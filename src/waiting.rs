@@ -135,7 +135,7 @@ impl WaitingRoom {
         self.next_token += 1;
         let fd = wait.conn().stream.as_raw_fd();
         if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE) {
-            error!("{}: cannot wait for the client: {e}; closing", wait.conn().peer);
+            error!("{}: cannot wait for the client: {e}; closing", wait.conn());
             shared.stats.count(Ending::Error);
             shared.release();
             return;
@@ -161,7 +161,7 @@ impl WaitingRoom {
             }
             Wait::Leftovers { conn, deadline, mut discarded } => {
                 if conn::discard_leftovers(&conn.stream, &mut discarded, &mut self.buf) {
-                    debug!("{}: discarded {discarded} B of input left after the reply", conn.peer);
+                    debug!("{conn}: discarded {discarded} B of input left after the reply");
                     self.forget(&conn);
                     shared.release();
                 } else {
@@ -190,7 +190,7 @@ impl WaitingRoom {
                     shared.stats.count(Ending::TimedOut);
                 }
                 Wait::Leftovers { conn, discarded, .. } => {
-                    debug!("{}: stopped discarding leftover input after {discarded} B", conn.peer);
+                    debug!("{conn}: stopped discarding leftover input after {discarded} B");
                 }
             }
             shared.release();
