@@ -9,7 +9,6 @@
 use std::{
     fmt,
     io::{self, Read, Write},
-    mem,
     net::{Shutdown, SocketAddr, TcpStream},
     os::fd::AsFd,
     time::{Duration, Instant},
@@ -39,6 +38,8 @@ pub(crate) struct Conn {
     /// When we accepted it; request deadlines count from here, not from when a worker picked it up.
     pub(crate) accepted: Instant,
     preamble: Preamble,
+    /// When the request must have arrived; set the first time the connection has to wait for it.
+    deadline: Option<Instant>,
 }
 
 /// What comes before the request.
@@ -48,6 +49,8 @@ enum Preamble {
     None,
     /// A PROXY protocol header, of which these bytes have arrived.
     ProxyHeader(Vec<u8>),
+    /// The header has been read; the request has not arrived yet.
+    HeaderRead,
     /// The header has been read, and these request bytes arrived with it.
     Request(Vec<u8>),
 }
@@ -56,7 +59,7 @@ impl Conn {
     /// A connection accepted just now; `proxy_header` when it must start with a PROXY protocol header.
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, proxy_header: bool) -> Conn {
         let preamble = if proxy_header { Preamble::ProxyHeader(Vec::new()) } else { Preamble::None };
-        Conn { stream, peer, client: peer, accepted: Instant::now(), preamble }
+        Conn { stream, peer, client: peer, accepted: Instant::now(), preamble, deadline: None }
     }
 }
 
@@ -106,7 +109,7 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
             HeaderRead::More => return wait_for_request(conn, shared),
             HeaderRead::Done { source, rest } => {
                 conn.client = source.unwrap_or(conn.peer);
-                conn.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Request(rest) };
+                conn.preamble = if rest.is_empty() { Preamble::HeaderRead } else { Preamble::Request(rest) };
             }
             HeaderRead::Failed(reason) => {
                 warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
@@ -115,14 +118,14 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
             HeaderRead::Io(e) => return failed(shared, &conn, "reading the PROXY header", &e),
         }
     }
-    let received = match mem::replace(&mut conn.preamble, Preamble::None) {
+    let received = if let Preamble::Request(early) = &conn.preamble {
         // The request came in the same read as the header: it is the one read, cut to the buffer.
-        Preamble::Request(early) => {
-            let n = early.len().min(buf.len());
-            buf[..n].copy_from_slice(&early[..n]);
-            n
-        }
-        Preamble::None | Preamble::ProxyHeader(_) => match (&conn.stream).read(buf) {
+        let n = early.len().min(buf.len());
+        buf[..n].copy_from_slice(&early[..n]);
+        conn.preamble = Preamble::HeaderRead;
+        n
+    } else {
+        match (&conn.stream).read(buf) {
             Ok(0) => {
                 info!("{conn} closed the connection without sending a request");
                 return ended(shared, Ending::HungUp);
@@ -131,7 +134,7 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
             // Not here yet: wait for it without holding a worker.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
             Err(e) => return failed(shared, &conn, "reading the request", &e),
-        },
+        }
     };
 
     let request = &buf[..received];
@@ -176,20 +179,36 @@ fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     }
 }
 
-/// The deadline for a request counts from when the client connected. TCP_DEFER_ACCEPT may have kept a silent
-/// client in the kernel before we accepted it, so that time is taken off.
-fn wait_for_request(conn: Conn, shared: &Shared) -> Step {
-    let held_in_kernel = match shared.held_back {
-        Some(hold) => sys::round_trip_time(conn.stream.as_fd()).map_or(hold, |rtt| rtt.max(hold)),
-        None => Duration::ZERO,
+/// The deadline for a request counts from when the client connected, and is fixed the first time the
+/// connection has to wait.
+fn wait_for_request(mut conn: Conn, shared: &Shared) -> Step {
+    let deadline = match conn.deadline {
+        Some(deadline) => deadline,
+        None => {
+            let connected = conn.accepted.checked_sub(held_in_kernel(&conn, shared)).unwrap_or(conn.accepted);
+            *conn.deadline.insert(connected + shared.read_timeout)
+        }
     };
-    let connected = conn.accepted.checked_sub(held_in_kernel).unwrap_or(conn.accepted);
-    let deadline = connected + shared.read_timeout;
     if deadline <= Instant::now() {
         timed_out_waiting(&conn, shared);
         return ended(shared, Ending::TimedOut);
     }
     Step::Wait(Wait::Request { conn, deadline })
+}
+
+/// How long the kernel held the connection before we accepted it. TCP_INFO's round-trip time measures it:
+/// from our first SYN-ACK to the segment that completed the accept, which under TCP_DEFER_ACCEPT is the
+/// client's first data or, for a silent client, the ACK after the defer period. A silent client was held
+/// for at least that period, which also covers clients whose ACKs give no RTT sample.
+fn held_in_kernel(conn: &Conn, shared: &Shared) -> Duration {
+    let Some(hold) = shared.held_back else { return Duration::ZERO };
+    let rtt = sys::round_trip_time(conn.stream.as_fd()).unwrap_or(Duration::ZERO);
+    let silent = match &conn.preamble {
+        Preamble::None => true,
+        Preamble::ProxyHeader(received) => received.is_empty(),
+        Preamble::HeaderRead | Preamble::Request(_) => false,
+    };
+    if silent { rtt.max(hold) } else { rtt }
 }
 
 /// Logs a connection closed for sending no request in time.

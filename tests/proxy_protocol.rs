@@ -1,0 +1,123 @@
+//! `--proxy-protocol` against the real binary: the client address from v1 and v2 headers reaches the log,
+//! health checks (v2 LOCAL) are served, and bad headers close the connection as protocol errors.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    thread,
+    time::Duration,
+};
+
+use ppp::v2::{self, Builder, Command, Protocol, Version};
+use support::{REPLY, Server, WAIT, connect, exchange};
+
+fn v2_header(command: Command, addresses: v2::Addresses) -> Vec<u8> {
+    Builder::with_addresses(Version::Two | command, Protocol::Stream, addresses).build().unwrap()
+}
+
+fn proxied_server() -> Server {
+    Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol", "--read-timeout", "1s"])
+}
+
+#[test]
+fn a_v1_header_with_the_request_in_the_same_segment() {
+    let mut server = proxied_server();
+    let reply = exchange(server.addr, b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8000\r\nhello").unwrap();
+    assert_eq!(reply, REPLY.as_bytes());
+    let line = server.wait_for(" served: ");
+    assert!(line.contains("] 192.0.2.7:40000 (via 127.0.0.1:"), "{line}");
+    assert!(
+        line.ends_with("5 B in, 15 B out") || line.contains(" 5 B in,"),
+        "header bytes counted as request: {line}"
+    );
+    assert!(line.ends_with("request \"hello\""), "{line}");
+}
+
+#[test]
+fn a_v2_header_then_the_request_later() {
+    let mut server = proxied_server();
+    let mut client = connect(server.addr);
+    let source = v2::IPv6::new(
+        "2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap(),
+        std::net::Ipv6Addr::LOCALHOST,
+        40001,
+        8000,
+    );
+    client.write_all(&v2_header(Command::Proxy, source.into())).unwrap();
+    // The header alone is not the request: nothing comes back until the request does.
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(client.read(&mut [0; 16]).is_err(), "replied before the request arrived");
+    client.write_all(b"hello").unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, REPLY.as_bytes());
+    let line = server.wait_for(" served: ");
+    assert!(line.contains("] [2001:db8::7]:40001 (via 127.0.0.1:"), "{line}");
+}
+
+#[test]
+fn a_v2_local_health_check_is_served_as_the_peer_itself() {
+    let mut server = proxied_server();
+    let mut request = v2_header(Command::Local, v2::Addresses::Unspecified);
+    request.extend_from_slice(b"hello");
+    assert_eq!(exchange(server.addr, &request).unwrap(), REPLY.as_bytes());
+    let line = server.wait_for(" served: ");
+    assert!(line.contains("] 127.0.0.1:") && !line.contains("via"), "{line}");
+}
+
+#[test]
+fn bad_headers_are_closed_as_protocol_errors_without_a_reply() {
+    let mut server = proxied_server();
+    let cases: [(&[u8], &str); 3] = [
+        (b"hello", "does not start with a PROXY protocol header"),
+        (b"PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\nhello", "malformed PROXY v1 header"),
+        (b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff", "PROXY v2 header of 65551 bytes"),
+    ];
+    for (request, reason) in cases {
+        assert_eq!(exchange(server.addr, request).unwrap(), b"", "{reason}");
+        let line = server.wait_for(reason);
+        assert!(line.contains("[WARN]") && line.contains("PROXY protocol error"), "{line}");
+    }
+    // Truncated, then the client closes its side.
+    let client = connect(server.addr);
+    (&client).write_all(b"PROXY TCP4 192.0.2.7").unwrap();
+    support::finish_sending(&client);
+    assert_eq!(support::read_rest(client).unwrap(), 0);
+    server.wait_for("closed before sending a complete PROXY header");
+}
+
+#[test]
+fn a_truncated_header_is_given_up_at_the_read_timeout() {
+    let mut server = proxied_server();
+    let mut client = connect(server.addr);
+    client.write_all(b"PROXY TCP4 192.0.2.7 ").unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    server.wait_for("timed out: no PROXY header within 1s");
+}
+
+#[test]
+fn without_the_option_a_proxy_header_is_just_request_bytes() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--mode", "echo"]);
+    let request = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8000\r\nhello";
+    assert_eq!(exchange(server.addr, request).unwrap(), request);
+}
+
+#[test]
+fn a_slow_header_does_not_hold_a_worker() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol", "--workers", "1"]);
+    let addr = server.addr;
+    let stalled: Vec<_> = (0..4)
+        .map(|_| {
+            let client = connect(addr);
+            (&client).write_all(b"PROXY TCP4 ").unwrap();
+            client
+        })
+        .collect();
+    let answered = thread::spawn(move || exchange(addr, b"PROXY UNKNOWN\r\nhello"));
+    assert_eq!(answered.join().unwrap().unwrap(), REPLY.as_bytes());
+    drop(stalled);
+}
