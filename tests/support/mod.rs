@@ -130,6 +130,22 @@ impl Server {
         }
     }
 
+    /// Like `wait_for`, but only lines that arrive from now on count.
+    pub fn wait_for_next(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no new log line with {needle:?} within {WAIT:?}:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
     /// Sends a signal to the process by its PID.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with the PID of a child we have not reaped yet.
