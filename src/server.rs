@@ -117,11 +117,14 @@ impl Server {
     pub fn run(mut self) -> Result<Summary, Error> {
         let config = &self.config;
         let addr = self.local_addr();
-        let origin =
-            if self.listener.is_inherited() { " (socket from systemd; bind is not used)" } else { "" };
+        let socket = if self.listener.is_inherited() {
+            "socket from systemd: bind and backlog not used".to_owned()
+        } else {
+            format!("backlog {}", config.backlog)
+        };
         info!(
-            "listening on {addr}{origin} (workers {}, queue {}, backlog {}, {})",
-            config.workers, config.queue, config.backlog, self.protocol
+            "listening on {addr} (workers {}, queue {}, {socket}, {})",
+            config.workers, config.queue, self.protocol
         );
         let pool = Pool::start(config, Arc::clone(&self.handler), self.listener.held_back())?;
         let mut notifier = Notifier::from_env();
