@@ -27,6 +27,10 @@ use crate::{
 
 /// Input discarded after the reply before we close anyway (and the client may see a reset).
 pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
+/// How long a worker waits for the request of a connection that arrived without one, before it hands the
+/// connection to the waiting room. A client that sends right after connecting makes it; a silent one costs
+/// a worker this much once.
+const FIRST_READ_GRACE: Duration = Duration::from_millis(1);
 
 /// An accepted connection on its way through the pool.
 #[derive(Debug)]
@@ -118,19 +122,21 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
             HeaderRead::Io(e) => return failed(shared, &conn, "reading the PROXY header", &e),
         }
     }
-    let received = if let Preamble::Request(early) = &conn.preamble {
+    // Whether input may be left unread. A read that did not fill the buffer took everything the kernel had
+    // queued, so only a full one (or a request that came with a PROXY header) needs a look before the close.
+    let (received, maybe_more) = if let Preamble::Request(early) = &conn.preamble {
         // The request came in the same read as the header: it is the one read, cut to the buffer.
         let n = early.len().min(buf.len());
         buf[..n].copy_from_slice(&early[..n]);
         conn.preamble = Preamble::HeaderRead;
-        n
+        (n, true)
     } else {
-        match (&conn.stream).read(buf) {
+        match read_request(&conn, buf) {
             Ok(0) => {
                 info!("{conn} closed the connection without sending a request");
                 return ended(shared, Ending::HungUp);
             }
-            Ok(n) => n,
+            Ok(n) => (n, n == buf.len()),
             // Not here yet: wait for it without holding a worker.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
             Err(e) => return failed(shared, &conn, "reading the request", &e),
@@ -139,8 +145,7 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
 
     let request = &buf[..received];
     let reply = shared.handler.reply(request);
-    let deadline = Instant::now() + shared.write_timeout;
-    if let Err((written, e)) = write_all(&conn.stream, &reply, deadline) {
+    if let Err((written, e)) = write_all(&conn.stream, &reply, shared.write_timeout) {
         if e.kind() == io::ErrorKind::TimedOut {
             warn!(
                 "{conn} timed out: wrote {written} of {} reply bytes in {:?}",
@@ -159,11 +164,27 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     );
     drop(reply);
     shared.stats.count(Ending::Served);
-    close_without_reset(conn, shared, buf)
+    if maybe_more { close_without_reset(conn, shared, buf) } else { Step::Closed }
 }
 
-/// Closes at once when nothing is left unread (the common case); otherwise sends our FIN now and hands the
-/// connection to the waiting room to discard what the client still sends.
+/// Reads the request. When a fresh connection's request has not arrived yet, waits a moment for it first: a
+/// client that connected and is sending right now should not make the trip through the waiting room. With
+/// TCP_DEFER_ACCEPT a connection arrives with its data, so this wait is for sockets without it.
+fn read_request(conn: &Conn, buf: &mut [u8]) -> io::Result<usize> {
+    match (&conn.stream).read(buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && conn.deadline.is_none() => {
+            if sys::wait_readable(conn.stream.as_fd(), Instant::now() + FIRST_READ_GRACE)? {
+                (&conn.stream).read(buf)
+            } else {
+                Err(e)
+            }
+        }
+        result => result,
+    }
+}
+
+/// Closes at once when nothing is left unread; otherwise sends our FIN now and hands the connection to the
+/// waiting room to discard what the client still sends.
 fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     match (&conn.stream).read(buf) {
         Ok(discarded) if discarded > 0 => {
@@ -246,15 +267,18 @@ pub(crate) fn discard_leftovers(stream: &TcpStream, discarded: &mut usize, buf: 
     }
 }
 
-/// Writes all of `data` to a non-blocking socket, waiting for room until `deadline`. On failure, returns how
+/// Writes all of `data` to a non-blocking socket, waiting for room for at most `timeout` in all (counted from
+/// the first time the socket is full, so the common single write reads no clock). On failure, returns how
 /// much was written with the error; running out of time is `TimedOut`.
-fn write_all(stream: &TcpStream, data: &[u8], deadline: Instant) -> Result<(), (usize, io::Error)> {
+fn write_all(stream: &TcpStream, data: &[u8], timeout: Duration) -> Result<(), (usize, io::Error)> {
     let mut written = 0;
+    let mut deadline = None;
     while written < data.len() {
         match (&*stream).write(&data[written..]) {
             Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
                 match sys::wait_writable(stream.as_fd(), deadline) {
                     Ok(true) => {}
                     Ok(false) => return Err((written, io::ErrorKind::TimedOut.into())),

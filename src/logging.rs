@@ -1,54 +1,138 @@
-//! Logging to stderr and optionally a file, one `write` per line.
+//! Logging to stderr and optionally a file: one line per record, written with one `write` and no lock.
 //!
-//! simplelog formats a record in several small writes; a `LineWriter` gathers them so each line reaches the
-//! file descriptor whole, in one system call, and lines from different threads never interleave. When
-//! stderr is the journal (systemd sets JOURNAL_STREAM to its device and inode) we leave the timestamp to the
-//! journal and keep only the level.
+//! The per-connection info line is on the hot path, so it must be cheap. Each thread formats the whole line
+//! into its own buffer and hands it to the kernel in one system call; appends of a whole line do not
+//! interleave with other threads' lines, so no mutex is needed (simplelog, which this replaces, takes one
+//! per record and writes a line in several pieces). The timestamp's date and time are formatted (by the
+//! `time` crate) once per second per thread, and only the microseconds per line. When stderr is the journal
+//! (systemd sets JOURNAL_STREAM to its device and inode) the journal adds the time, so each line starts
+//! with its syslog priority (`<6>` for info) instead, which journald stores as the level.
 
 use std::{
+    cell::RefCell,
     env,
     fs::{File, OpenOptions},
-    io::{self, LineWriter},
+    io::{self, Write},
     os::{fd::AsFd, unix::fs::MetadataExt},
     panic,
     path::Path,
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use log::{LevelFilter, error};
-use simplelog::{CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
+use log::{Level, LevelFilter, Log, Metadata, Record, error};
+use time::{OffsetDateTime, macros::format_description};
 
 use crate::error::Error;
 
 /// Installs the global logger. Fails if `file` cannot be opened for appending.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
-    let time_level = if stderr_is_journal() { LevelFilter::Off } else { LevelFilter::Error };
-    let format = ConfigBuilder::new()
-        .set_time_level(time_level)
-        .set_time_format_rfc3339()
-        .set_thread_level(LevelFilter::Off)
-        .set_target_level(LevelFilter::Off)
-        .set_location_level(LevelFilter::Off)
-        .build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> =
-        vec![WriteLogger::new(level, format.clone(), LineWriter::new(io::stderr()))];
+    let stderr = File::from(
+        io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Io { what: "set up logging to stderr", source })?,
+    );
+    let journal = is_journal(&stderr);
+    let mut outputs = vec![stderr];
     if let Some(path) = file {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| Error::Config(format!("cannot open log file {}: {e}", path.display())))?;
-        loggers.push(WriteLogger::new(level, format, LineWriter::new(file)));
+        outputs.push(file);
     }
-    CombinedLogger::init(loggers)
-        .map_err(|e| Error::Io { what: "install the logger", source: io::Error::other(e) })
+    log::set_boxed_logger(Box::new(LineLogger { level, outputs, journal }))
+        .map_err(|e| Error::Io { what: "install the logger", source: io::Error::other(e) })?;
+    log::set_max_level(level);
+    Ok(())
 }
 
-/// Whether JOURNAL_STREAM names the file our stderr is connected to (`DEVICE:INODE`), as systemd documents;
-/// a variable merely inherited from a parent session does not match.
-fn stderr_is_journal() -> bool {
+struct LineLogger {
+    level: LevelFilter,
+    outputs: Vec<File>,
+    /// Stderr is the journal: prefix the priority, leave out the time.
+    journal: bool,
+}
+
+thread_local! {
+    static LINE: RefCell<LineBuffer> = RefCell::new(LineBuffer::default());
+}
+
+/// One thread's line under construction, and the formatted start of the current second.
+#[derive(Default)]
+struct LineBuffer {
+    bytes: Vec<u8>,
+    second: u64,
+    second_text: String,
+}
+
+impl Log for LineLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buffer) => self.write_line(&mut buffer, record),
+            // Only if formatting a record logs another one: give the inner record a buffer of its own.
+            Err(_) => self.write_line(&mut LineBuffer::default(), record),
+        });
+    }
+
+    fn flush(&self) {}
+}
+
+impl LineLogger {
+    fn write_line(&self, buffer: &mut LineBuffer, record: &Record<'_>) {
+        buffer.bytes.clear();
+        if self.journal {
+            let _ = write!(buffer.bytes, "<{}>", syslog_priority(record.level()));
+        } else {
+            buffer.timestamp();
+        }
+        let _ = writeln!(buffer.bytes, "[{}] {}", record.level(), record.args());
+        for output in &self.outputs {
+            // A logger has nowhere to report its own failure; a full disk must not stop the server.
+            let _ = (&*output).write_all(&buffer.bytes);
+        }
+    }
+}
+
+impl LineBuffer {
+    /// Appends `2026-11-25T09:24:05.264332Z ` (UTC).
+    fn timestamp(&mut self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.second_text.is_empty() || now.as_secs() != self.second {
+            self.second = now.as_secs();
+            let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            self.second_text = OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
+                .ok()
+                .and_then(|t| t.format(&format).ok())
+                .unwrap_or_default();
+        }
+        self.bytes.extend_from_slice(self.second_text.as_bytes());
+        let _ = write!(self.bytes, ".{:06}Z ", now.subsec_micros());
+    }
+}
+
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Whether JOURNAL_STREAM names `stderr` (`DEVICE:INODE`), as systemd documents; a variable merely inherited
+/// from a parent session does not match.
+fn is_journal(stderr: &File) -> bool {
     let Some(stream) = env::var_os("JOURNAL_STREAM") else { return false };
-    let Ok(stderr) = io::stderr().as_fd().try_clone_to_owned() else { return false };
-    let Ok(meta) = File::from(stderr).metadata() else { return false };
+    let Ok(meta) = stderr.metadata() else { return false };
     stream.to_str() == Some(&format!("{}:{}", meta.dev(), meta.ino()))
 }
 

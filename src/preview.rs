@@ -15,6 +15,12 @@ pub(crate) struct Preview<'a>(pub(crate) &'a [u8]);
 impl fmt::Display for Preview<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = &self.0[..self.0.len().min(PREVIEW_BYTES)];
+        // The common request is plain printable ASCII: write it in one piece.
+        if shown.iter().all(|&b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+            // Checked just above: every byte is ASCII.
+            f.write_str(std::str::from_utf8(shown).map_err(|_| fmt::Error)?)?;
+            return if shown.len() < self.0.len() { f.write_char('…') } else { Ok(()) };
+        }
         for chunk in shown.utf8_chunks() {
             for c in chunk.valid().chars() {
                 match c {

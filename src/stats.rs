@@ -1,19 +1,27 @@
 //! Counters shared by the accept loop, the workers and the waiting room, and the summary logged at shutdown.
 
+use crossbeam_utils::CachePadded;
 use std::{
     fmt,
     sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
 };
 
+/// The counters and the open-connection gauge sit on cache lines of their own: every connection touches
+/// both, from the accept loop and from a worker, and they should not also drag each other between cores.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
+    counters: CachePadded<Counters>,
+    /// Connections the pool owns right now: queued, with a worker, or in the waiting room.
+    open: CachePadded<AtomicUsize>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
     served: AtomicU64,
     busy: AtomicU64,
     timed_out: AtomicU64,
     hung_up: AtomicU64,
     errors: AtomicU64,
-    /// Connections the pool owns right now: queued, with a worker, or in the waiting room.
-    open: AtomicUsize,
 }
 
 /// How a connection ended, for the counters.
@@ -33,12 +41,13 @@ pub(crate) enum Ending {
 
 impl Stats {
     pub(crate) fn count(&self, ending: Ending) {
+        let c = &self.counters;
         let counter = match ending {
-            Ending::Served => &self.served,
-            Ending::Busy => &self.busy,
-            Ending::TimedOut => &self.timed_out,
-            Ending::HungUp => &self.hung_up,
-            Ending::Error => &self.errors,
+            Ending::Served => &c.served,
+            Ending::Busy => &c.busy,
+            Ending::TimedOut => &c.timed_out,
+            Ending::HungUp => &c.hung_up,
+            Ending::Error => &c.errors,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -57,12 +66,13 @@ impl Stats {
     }
 
     pub(crate) fn summary(&self) -> Summary {
+        let c = &self.counters;
         Summary {
-            served: self.served.load(Relaxed),
-            busy: self.busy.load(Relaxed),
-            timed_out: self.timed_out.load(Relaxed),
-            hung_up: self.hung_up.load(Relaxed),
-            errors: self.errors.load(Relaxed),
+            served: c.served.load(Relaxed),
+            busy: c.busy.load(Relaxed),
+            timed_out: c.timed_out.load(Relaxed),
+            hung_up: c.hung_up.load(Relaxed),
+            errors: c.errors.load(Relaxed),
         }
     }
 }

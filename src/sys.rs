@@ -8,6 +8,15 @@ use std::{
 
 /// Waits until `fd` can take more bytes or `deadline` passes; `Ok(false)` means the deadline passed.
 pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    wait_for(fd, libc::POLLOUT, deadline)
+}
+
+/// Waits until `fd` has input (or end of input) or `deadline` passes; `Ok(false)` means the deadline passed.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    wait_for(fd, libc::POLLIN, deadline)
+}
+
+fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -15,7 +24,7 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result
         }
         // Round up so that a sub-millisecond remainder still waits instead of spinning.
         let millis = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
-        let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
         // SAFETY: `pollfd` is a valid array of one element for the duration of the call.
         let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
         match ready {
@@ -25,7 +34,7 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result
                     return Err(err);
                 }
             }
-            // POLLERR or POLLHUP count as ready: the next write reports what happened.
+            // POLLERR or POLLHUP count as ready: the next read or write reports what happened.
             n if n > 0 => return Ok(true),
             _ => {}
         }
