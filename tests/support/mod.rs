@@ -106,11 +106,17 @@ impl Server {
         loopback(self.addr)
     }
 
-    /// Waits for a stderr line containing `needle` and returns it; fails the test after `WAIT`.
+    /// Waits for a stderr line containing `needle` (one already read counts) and returns it; fails the test
+    /// after `WAIT`.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
-            return line.clone();
+        match self.log.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for_next(needle),
         }
+    }
+
+    /// Like `wait_for`, but only lines that arrive from now on count.
+    pub fn wait_for_next(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.lines.recv_deadline(deadline) {
@@ -126,22 +132,6 @@ impl Server {
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!("server exited without logging {needle:?}:\n{}", self.log.join("\n"))
                 }
-            }
-        }
-    }
-
-    /// Like `wait_for`, but only lines that arrive from now on count.
-    pub fn wait_for_next(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.lines.recv_deadline(deadline) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no new log line with {needle:?} within {WAIT:?}:\n{}", self.log.join("\n")),
             }
         }
     }
