@@ -2,6 +2,7 @@
 //! the message, receive until the server closes, close. Every step is bounded in time and the reply in size,
 //! and a failure says which step failed and how, in words a load report can count.
 
+use crate::cli::SendArgs;
 use std::{
     fmt,
     io::{self, Read, Write},
@@ -127,6 +128,28 @@ impl Exchange {
         }
         Ok(())
     }
+}
+
+/// Largest message `send` reads from standard input, and largest reply it accepts.
+const SEND_LIMIT: usize = 256 << 20;
+
+/// `poolserver send`: one exchange, the message from the arguments or (`-`) from `input`, the reply to
+/// `output` exactly as received. The error is one line for stderr.
+pub fn send(args: &SendArgs, input: &mut impl Read, output: &mut impl Write) -> Result<(), String> {
+    let message = if args.message == "-" {
+        let mut bytes = Vec::new();
+        input
+            .take(SEND_LIMIT as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read the message from standard input: {e}"))?;
+        bytes
+    } else {
+        args.message.clone().into_bytes()
+    };
+    let exchange = Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT };
+    let mut reply = Vec::new();
+    exchange.run(&message, &mut reply).map_err(|failure| failure.detail)?;
+    output.write_all(&reply).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
 }
 
 /// `Resource temporarily unavailable` is what a socket read timeout looks like; say what it means.

@@ -32,23 +32,31 @@ pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
 /// a worker this much once.
 const FIRST_READ_GRACE: Duration = Duration::from_millis(1);
 
-/// An accepted connection on its way through the pool.
+/// An accepted connection on its way through the pool. Small, because the queue holds `queue` of them.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
-    /// The client it speaks for: the peer, or the source a PROXY protocol header named.
-    pub(crate) client: SocketAddr,
     /// When we accepted it; request deadlines count from here, not from when a worker picked it up.
     pub(crate) accepted: Instant,
+    /// What only some connections need, boxed so the common one stays small.
+    slow: Option<Box<SlowPath>>,
+}
+
+/// The state of a connection that expects a PROXY header or has had to wait for its request.
+#[derive(Debug, Default)]
+struct SlowPath {
+    /// The client a PROXY protocol header named, when it named one.
+    client: Option<SocketAddr>,
     preamble: Preamble,
     /// When the request must have arrived; set the first time the connection has to wait for it.
     deadline: Option<Instant>,
 }
 
 /// What comes before the request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 enum Preamble {
+    #[default]
     /// Nothing: the first bytes are the request.
     None,
     /// A PROXY protocol header, of which these bytes have arrived.
@@ -62,15 +70,34 @@ enum Preamble {
 impl Conn {
     /// A connection accepted just now; `proxy_header` when it must start with a PROXY protocol header.
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, proxy_header: bool) -> Conn {
-        let preamble = if proxy_header { Preamble::ProxyHeader(Vec::new()) } else { Preamble::None };
-        Conn { stream, peer, client: peer, accepted: Instant::now(), preamble, deadline: None }
+        let slow = proxy_header.then(|| {
+            Box::new(SlowPath { preamble: Preamble::ProxyHeader(Vec::new()), ..SlowPath::default() })
+        });
+        Conn { stream, peer, accepted: Instant::now(), slow }
+    }
+
+    /// The client it speaks for: the peer, or the source a PROXY protocol header named.
+    fn client(&self) -> SocketAddr {
+        self.slow.as_ref().and_then(|slow| slow.client).unwrap_or(self.peer)
+    }
+
+    fn preamble(&self) -> &Preamble {
+        self.slow.as_ref().map_or(&Preamble::None, |slow| &slow.preamble)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.slow.as_ref().and_then(|slow| slow.deadline)
+    }
+
+    fn slow_mut(&mut self) -> &mut SlowPath {
+        self.slow.get_or_insert_with(Box::default)
     }
 }
 
 impl Conn {
     /// Who this connection is, for the log; cheap to keep after the connection has moved on.
     pub(crate) fn who(&self) -> Who {
-        Who { client: self.client, peer: self.peer }
+        Who { client: self.client(), peer: self.peer }
     }
 }
 
@@ -108,12 +135,14 @@ pub(crate) enum Step {
 
 /// Serves one connection on a worker: one read of at most `buf.len()` bytes, the handler's reply, the close.
 pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
-    if let Preamble::ProxyHeader(received) = &mut conn.preamble {
+    if let Some(slow) = &mut conn.slow
+        && let Preamble::ProxyHeader(received) = &mut slow.preamble
+    {
         match proxy::read_header(&conn.stream, received) {
             HeaderRead::More => return wait_for_request(conn, shared),
             HeaderRead::Done { source, rest } => {
-                conn.client = source.unwrap_or(conn.peer);
-                conn.preamble = if rest.is_empty() { Preamble::HeaderRead } else { Preamble::Request(rest) };
+                slow.client = source;
+                slow.preamble = if rest.is_empty() { Preamble::HeaderRead } else { Preamble::Request(rest) };
             }
             HeaderRead::Failed(reason) => {
                 warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
@@ -124,11 +153,11 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     }
     // Whether input may be left unread. A read that did not fill the buffer took everything the kernel had
     // queued, so only a full one (or a request that came with a PROXY header) needs a look before the close.
-    let (received, maybe_more) = if let Preamble::Request(early) = &conn.preamble {
+    let (received, maybe_more) = if let Preamble::Request(early) = conn.preamble() {
         // The request came in the same read as the header: it is the one read, cut to the buffer.
         let n = early.len().min(buf.len());
         buf[..n].copy_from_slice(&early[..n]);
-        conn.preamble = Preamble::HeaderRead;
+        conn.slow_mut().preamble = Preamble::HeaderRead;
         (n, true)
     } else {
         match read_request(&conn, buf) {
@@ -172,7 +201,7 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
 /// TCP_DEFER_ACCEPT a connection arrives with its data, so this wait is for sockets without it.
 fn read_request(conn: &Conn, buf: &mut [u8]) -> io::Result<usize> {
     match (&conn.stream).read(buf) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && conn.deadline.is_none() => {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && conn.deadline().is_none() => {
             if sys::wait_readable(conn.stream.as_fd(), Instant::now() + FIRST_READ_GRACE)? {
                 (&conn.stream).read(buf)
             } else {
@@ -203,11 +232,11 @@ fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
 /// The deadline for a request counts from when the client connected, and is fixed the first time the
 /// connection has to wait.
 fn wait_for_request(mut conn: Conn, shared: &Shared) -> Step {
-    let deadline = match conn.deadline {
+    let deadline = match conn.deadline() {
         Some(deadline) => deadline,
         None => {
             let connected = conn.accepted.checked_sub(held_in_kernel(&conn, shared)).unwrap_or(conn.accepted);
-            *conn.deadline.insert(connected + shared.read_timeout)
+            *conn.slow_mut().deadline.insert(connected + shared.read_timeout)
         }
     };
     if deadline <= Instant::now() {
@@ -224,7 +253,7 @@ fn wait_for_request(mut conn: Conn, shared: &Shared) -> Step {
 fn held_in_kernel(conn: &Conn, shared: &Shared) -> Duration {
     let Some(hold) = shared.held_back else { return Duration::ZERO };
     let rtt = sys::round_trip_time(conn.stream.as_fd()).unwrap_or(Duration::ZERO);
-    let silent = match &conn.preamble {
+    let silent = match conn.preamble() {
         Preamble::None => true,
         Preamble::ProxyHeader(received) => received.is_empty(),
         Preamble::HeaderRead | Preamble::Request(_) => false,
@@ -234,7 +263,8 @@ fn held_in_kernel(conn: &Conn, shared: &Shared) -> Duration {
 
 /// Logs a connection closed for sending no request in time.
 pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
-    let awaited = if matches!(conn.preamble, Preamble::ProxyHeader(_)) { "PROXY header" } else { "request" };
+    let awaited =
+        if matches!(conn.preamble(), Preamble::ProxyHeader(_)) { "PROXY header" } else { "request" };
     info!("{conn} timed out: no {awaited} within {:?}", shared.read_timeout);
 }
 

@@ -2,9 +2,8 @@
 //! an exit code (0 success, 1 runtime failure, 2 usage or configuration error).
 
 use std::{
-    io::{self, IsTerminal, Read, Write},
+    io::{self, IsTerminal},
     process::ExitCode,
-    time::Duration,
 };
 
 use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
@@ -12,9 +11,8 @@ use log::{error, info, warn};
 use poolserver::{
     Config, Error, Server,
     cli::{Cli, Command, SendArgs, ServeArgs, StressArgs},
-    client::Exchange,
-    logging, signals,
-    stress::{self, Limit, Plan},
+    client, logging, signals,
+    stress::{self, Plan},
 };
 
 const USAGE: u8 = 2;
@@ -31,62 +29,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Largest message `send` reads from standard input, and largest reply it accepts.
-const SEND_LIMIT: usize = 256 << 20;
-
 fn send(args: &SendArgs) -> ExitCode {
-    let message = if args.message == "-" {
-        let mut bytes = Vec::new();
-        if let Err(e) = io::stdin().take(SEND_LIMIT as u64).read_to_end(&mut bytes) {
-            eprintln!("poolserver send: cannot read the message from standard input: {e}");
-            return ExitCode::FAILURE;
+    match client::send(args, &mut io::stdin().lock(), &mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("poolserver send: {message}");
+            ExitCode::FAILURE
         }
-        bytes
-    } else {
-        args.message.clone().into_bytes()
-    };
-    let exchange = Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT };
-    let mut reply = Vec::new();
-    if let Err(failure) = exchange.run(&message, &mut reply) {
-        eprintln!("poolserver send: {failure}");
-        return ExitCode::FAILURE;
     }
-    let mut stdout = io::stdout().lock();
-    if let Err(e) = stdout.write_all(&reply).and_then(|()| stdout.flush()) {
-        eprintln!("poolserver send: cannot write the reply: {e}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
 }
 
 fn run_stress(args: StressArgs) -> ExitCode {
-    let limit = match (args.requests, args.duration) {
-        (Some(n), _) => Limit::Requests(n),
-        (None, Some(d)) if d > stress::MAX_RUN => {
-            eprintln!(
-                "poolserver: --duration may be at most {:?}; see 'poolserver stress --help'",
-                stress::MAX_RUN
-            );
+    let json = args.json;
+    let plan = match Plan::from_args(args) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("poolserver: {message}; see 'poolserver stress --help'");
             return ExitCode::from(USAGE);
         }
-        (None, duration) => Limit::Duration(duration.unwrap_or(Duration::from_secs(5))),
     };
-    let expect = args.expect.into_bytes();
-    let plan = Plan {
-        exchange: Exchange {
-            addr: args.addr,
-            timeout: args.timeout,
-            max_reply: expect.len().max(args.busy_reply.len()) + 64 * 1024,
-        },
-        clients: args.clients as usize,
-        limit,
-        message: args.message.into_bytes(),
-        expect,
-        busy: args.busy_reply.into_bytes(),
-        idle: args.idle as usize,
-    };
-    let report = stress::run(plan, !args.json && io::stderr().is_terminal());
-    if args.json {
+    let report = stress::run(plan, !json && io::stderr().is_terminal());
+    if json {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_table());

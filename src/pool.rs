@@ -190,7 +190,13 @@ fn work(queue: &Receiver<Conn>, shared: &Shared, max_request: usize) {
         let who = conn.who();
         match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, shared, &mut buf))) {
             Ok(Step::Closed) => shared.release(),
-            Ok(Step::Wait(wait)) => shared.door.admit(wait),
+            Ok(Step::Wait(wait)) => {
+                if let Err(wait) = shared.door.admit(wait) {
+                    error!("{}: the waiting room has stopped; closing", wait.who());
+                    shared.stats.count(Ending::Error);
+                    shared.release();
+                }
+            }
             Err(_) => {
                 error!("{who}: the handler panicked; closed this connection, the worker goes on");
                 shared.stats.count(Ending::Error);

@@ -18,10 +18,15 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::client::{Exchange, Failure, FailureKind};
+use crate::{
+    cli::StressArgs,
+    client::{Exchange, Failure, FailureKind},
+};
 
 /// No run goes on longer than this, whatever it was asked.
 pub const MAX_RUN: Duration = Duration::from_secs(3600);
+/// How long a run lasts when neither `--requests` nor `--duration` is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 
 /// When a run ends.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +48,33 @@ pub struct Plan {
     /// A reply equal to this counts as `busy`, not `wrong_reply`.
     pub busy: Vec<u8>,
     pub idle: usize,
+}
+
+impl Plan {
+    /// The plan `poolserver stress` was asked for; the error is one line for stderr.
+    pub fn from_args(args: StressArgs) -> Result<Plan, String> {
+        let limit = match (args.requests, args.duration) {
+            (Some(n), _) => Limit::Requests(n),
+            (None, Some(d)) if d > MAX_RUN => return Err(format!("--duration may be at most {MAX_RUN:?}")),
+            (None, duration) => Limit::Duration(duration.unwrap_or(DEFAULT_DURATION)),
+        };
+        let expect = args.expect.into_bytes();
+        let busy = args.busy_reply.into_bytes();
+        Ok(Plan {
+            // Room for the expected reply and then some, so a wrong reply is seen whole enough to report.
+            exchange: Exchange {
+                addr: args.addr,
+                timeout: args.timeout,
+                max_reply: expect.len().max(busy.len()) + 64 * 1024,
+            },
+            clients: args.clients as usize,
+            limit,
+            message: args.message.into_bytes(),
+            expect,
+            busy,
+            idle: args.idle as usize,
+        })
+    }
 }
 
 /// What happened to the idle connections.

@@ -37,6 +37,10 @@ pub(crate) enum Wait {
 }
 
 impl Wait {
+    pub(crate) fn who(&self) -> crate::conn::Who {
+        self.conn().who()
+    }
+
     fn conn(&self) -> &Conn {
         match self {
             Wait::Request { conn, .. } | Wait::Leftovers { conn, .. } => conn,
@@ -58,12 +62,12 @@ pub(crate) struct Door {
 }
 
 impl Door {
-    pub(crate) fn admit(&self, wait: Wait) {
-        // The room outlives every open connection, so the send only fails if its thread died; then dropping
-        // the connection (closing it) is all that is left to do.
-        if self.inbox.send(wait).is_ok() {
-            self.wake();
-        }
+    /// Hands a connection to the room. The room outlives every open connection, so this fails only if its
+    /// thread has stopped; the connection comes back to be closed.
+    pub(crate) fn admit(&self, wait: Wait) -> Result<(), Wait> {
+        self.inbox.send(wait).map_err(|refused| refused.into_inner())?;
+        self.wake();
+        Ok(())
     }
 
     pub(crate) fn wake(&self) {
@@ -113,6 +117,11 @@ impl WaitingRoom {
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 error!("waiting room: epoll failed: {e}; closing {} waiting connections", self.waiting.len());
+                for (_, wait) in self.waiting.drain() {
+                    shared.stats.count(Ending::Error);
+                    shared.release();
+                    drop(wait);
+                }
                 return;
             }
             for event in events.iter() {
