@@ -64,35 +64,27 @@ pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, seconds: u32) -> io::Result<(
 /// from its first SYN-ACK to the ACK that finally completed the handshake, so this is how long the client
 /// has already been connected.
 pub(crate) fn round_trip_time(fd: BorrowedFd<'_>) -> Option<Duration> {
-    // SAFETY: tcp_info is plain old data, so all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+    // SAFETY: tcp_info is a C struct of integers: every bit pattern is a valid value.
+    let info: libc::tcp_info = unsafe { get_option(fd, libc::IPPROTO_TCP, libc::TCP_INFO) }.ok()?;
+    Some(Duration::from_micros(u64::from(info.tcpi_rtt)))
 }
 
 /// The listener's TCP_DEFER_ACCEPT setting in seconds (0 when off), e.g. as systemd's DeferAcceptSec= set it.
 pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut value: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 { Ok(value.max(0) as u32) } else { Err(io::Error::last_os_error()) }
+    // SAFETY: a C int: every bit pattern is a valid value.
+    let value: libc::c_int = unsafe { get_option(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT) }?;
+    Ok(value.max(0) as u32)
+}
+
+/// Reads a socket option. The kernel may write fewer bytes than `T` has; the rest stay zero.
+///
+/// # Safety
+/// `T` must be plain old data: all-zero bytes, and any bytes the kernel writes, must be a valid `T`.
+unsafe fn get_option<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: the caller guarantees that all-zero bytes are a valid `T`.
+    let mut value: T = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes, and the kernel writes at most `len` bytes.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut T).cast(), &mut len) };
+    if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
 }
