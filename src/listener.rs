@@ -1,10 +1,11 @@
-//! The listening socket: created with socket2 so that the backlog, SO_REUSEADDR and TCP_DEFER_ACCEPT are
-//! ours to set, and accepting straight into non-blocking sockets.
+//! The listening socket: created with socket2 so that the backlog, SO_REUSEADDR, SO_REUSEPORT and
+//! TCP_DEFER_ACCEPT are ours to set (or inherited from systemd), accepting straight into non-blocking sockets.
+//! The listener itself blocks in `accept`, with a timeout so the accept loop can notice a stop request.
 
 use std::{
     io,
     net::{SocketAddr, TcpStream},
-    os::fd::{AsFd, AsRawFd, FromRawFd, RawFd},
+    os::fd::{AsFd, FromRawFd, RawFd},
     time::Duration,
 };
 
@@ -16,6 +17,9 @@ use crate::{config::Config, error::Error, sys};
 /// How long the kernel keeps a connection that sent nothing before handing it over anyway. One second is the
 /// shortest TCP_DEFER_ACCEPT can do (it counts SYN-ACK retransmits, the first after one second).
 const DEFER_ACCEPT: Duration = Duration::from_secs(1);
+/// How long one blocking `accept` waits before the accept loop looks at the stop request again: the most a
+/// stop can take to be noticed, and the only wake-ups of an idle server's main thread.
+const ACCEPT_TICK: Duration = Duration::from_millis(20);
 
 pub(crate) struct Listener {
     socket: Socket,
@@ -41,7 +45,7 @@ impl Listener {
         }
         socket.bind(&addr.into()).map_err(fail)?;
         socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX)).map_err(fail)?;
-        socket.set_nonblocking(true).map_err(fail)?;
+        socket.set_read_timeout(Some(ACCEPT_TICK)).map_err(fail)?;
         let local_addr = socket.local_addr().map_err(fail)?.as_socket().unwrap_or(addr);
 
         let held_back = if config.read_timeout >= DEFER_ACCEPT {
@@ -71,7 +75,8 @@ impl Listener {
                 "file descriptor {fd} is not a listening TCP socket; check ListenStream= in the socket unit"
             ))));
         }
-        socket.set_nonblocking(true).map_err(fail)?;
+        socket.set_nonblocking(false).map_err(fail)?;
+        socket.set_read_timeout(Some(ACCEPT_TICK)).map_err(fail)?;
         let local_addr = socket.local_addr().map_err(fail)?.as_socket().ok_or_else(|| {
             fail(io::Error::other(format!("file descriptor {fd} is not an IPv4 or IPv6 socket")))
         })?;
@@ -94,14 +99,16 @@ impl Listener {
         self.held_back
     }
 
-    /// Accepts one pending connection as a non-blocking stream; `WouldBlock` when none is pending.
+    /// Accepts one connection as a non-blocking stream, waiting at most `ACCEPT_TICK` for it (then
+    /// `WouldBlock`); after `stop_blocking`, only what is already pending.
     pub(crate) fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (socket, peer) = self.socket.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
         let peer = peer.as_socket().unwrap_or(self.local_addr);
         Ok((socket.into(), peer))
     }
 
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+    /// From now on `accept` returns `WouldBlock` at once when nothing is pending.
+    pub(crate) fn stop_blocking(&self) -> io::Result<()> {
+        self.socket.set_nonblocking(true)
     }
 }

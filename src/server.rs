@@ -1,8 +1,10 @@
 //! The server: the accept loop that feeds the pool, and the shutdown that drains it.
 //!
-//! The main thread waits for connections and hands each to the pool. Waiting uses epoll on the listener and
-//! a waker, so that a stop request wakes it reliably whatever the address (loopback, wildcard, IPv6, port 0)
-//! without connecting to ourselves. Under systemd the listener may be inherited (socket activation) and
+//! The main thread blocks in `accept` and hands each connection to the pool: one system call per
+//! connection. The accept times out every `ACCEPT_TICK` (SO_RCVTIMEO), so a stop request is seen within that
+//! on any listener: loopback, wildcard or IPv6, port 0, inherited from systemd, or shared with other
+//! processes through SO_REUSEPORT, where connecting to ourselves to wake the thread could reach another
+//! process instead. Under systemd the listener may be inherited (socket activation) and
 //! readiness, status and stopping are reported to the service manager.
 
 use std::{
@@ -16,8 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use log::{debug, error, info, warn};
-use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
+use log::{debug, info, warn};
 
 use crate::{
     config::{Config, Mode},
@@ -30,8 +31,6 @@ use crate::{
     systemd::{self, Notifier},
 };
 
-const LISTENER: Token = Token(0);
-const STOP: Token = Token(1);
 /// Pause after an accept failure such as running out of file descriptors, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -42,32 +41,23 @@ pub struct Server {
     /// How the startup line names the protocol: `mode ack`, `mode echo` or `custom handler`.
     protocol: String,
     listener: Listener,
-    poll: Poll,
     stop: ShutdownHandle,
 }
 
-/// Asks a running server to stop accepting and drain. Cheap to clone and safe to call from any thread or a
-/// signal-handling thread, any number of times.
-#[derive(Clone)]
+/// Asks a running server to stop accepting and drain; the accept loop sees it within `ACCEPT_TICK`. Cheap to
+/// clone and safe to call from any thread or a signal-handling thread, any number of times.
+#[derive(Clone, Default)]
 pub struct ShutdownHandle {
-    inner: Arc<StopRequest>,
-}
-
-struct StopRequest {
-    requested: AtomicBool,
-    waker: Waker,
+    requested: Arc<AtomicBool>,
 }
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
-        self.inner.requested.store(true, SeqCst);
-        if let Err(e) = self.inner.waker.wake() {
-            error!("cannot wake the accept loop to stop: {e}");
-        }
+        self.requested.store(true, SeqCst);
     }
 
     fn is_requested(&self) -> bool {
-        self.inner.requested.load(SeqCst)
+        self.requested.load(SeqCst)
     }
 }
 
@@ -89,15 +79,8 @@ impl Server {
             Some(fd) => Listener::inherit(fd)?,
             None => Listener::bind(&config)?,
         };
-        let io_error = |what| move |source| Error::Io { what, source };
-        let poll = Poll::new().map_err(io_error("create the accept loop's epoll"))?;
-        poll.registry()
-            .register(&mut SourceFd(&listener.raw_fd()), LISTENER, Interest::READABLE)
-            .map_err(io_error("watch the listener"))?;
-        let waker = Waker::new(poll.registry(), STOP).map_err(io_error("create the stop waker"))?;
-        let stop =
-            ShutdownHandle { inner: Arc::new(StopRequest { requested: AtomicBool::new(false), waker }) };
-        Ok(Server { config, handler, protocol: "custom handler".to_owned(), listener, poll, stop })
+        let protocol = "custom handler".to_owned();
+        Ok(Server { config, handler, protocol, listener, stop: ShutdownHandle::default() })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -156,18 +139,12 @@ impl Server {
     }
 
     fn accept_until_stopped(&mut self, pool: &Pool, notifier: &mut Option<Notifier>) {
-        let mut events = Events::with_capacity(4);
         let mut last_warning: Option<Instant> = None;
         while !self.stop.is_requested() {
             match self.listener.accept() {
                 Ok((stream, peer)) => pool.dispatch(Conn::new(stream, peer, self.config.proxy_protocol)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match notifier {
-                    Some(notifier) => {
-                        self.wait(&mut events, Some(notifier.until_next_status()));
-                        notifier.refresh(pool.summary(), pool.open_connections());
-                    }
-                    None => self.wait(&mut events, None),
-                },
+                // The accept timed out (ACCEPT_TICK): time to look at the stop request again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The client gave up between its handshake and our accept, or a signal arrived: try again.
                 Err(e) if is_transient(&e) => debug!("accept: {e}"),
                 // Out of file descriptors or memory: the pending connections stay queued in the kernel; warn
@@ -177,8 +154,11 @@ impl Server {
                         warn!("cannot accept on {}: {e}; retrying", self.local_addr());
                         last_warning = Some(Instant::now());
                     }
-                    self.wait(&mut events, Some(ACCEPT_BACKOFF));
+                    thread::sleep(ACCEPT_BACKOFF);
                 }
+            }
+            if let Some(notifier) = notifier {
+                notifier.refresh(pool.summary(), pool.open_connections());
             }
         }
     }
@@ -186,21 +166,16 @@ impl Server {
     /// Takes in the connections the kernel had already completed when the stop came, so they are served,
     /// not reset when the listener closes. Bounded by the backlog, so a flood cannot keep us here.
     fn accept_already_queued(&mut self, pool: &Pool) {
+        if let Err(e) = self.listener.stop_blocking() {
+            warn!("cannot take in the connections queued on {}: {e}; they will be reset", self.local_addr());
+            return;
+        }
         for _ in 0..self.config.backlog {
             match self.listener.accept() {
                 Ok((stream, peer)) => pool.dispatch(Conn::new(stream, peer, self.config.proxy_protocol)),
                 Err(e) if is_transient(&e) => {}
                 Err(_) => return,
             }
-        }
-    }
-
-    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) {
-        if let Err(e) = self.poll.poll(events, timeout)
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            error!("accept loop: epoll failed: {e}");
-            thread::sleep(ACCEPT_BACKOFF);
         }
     }
 }

@@ -85,6 +85,7 @@ unsafe fn get_option<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_in
     let mut value: T = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is writable for `len` bytes, and the kernel writes at most `len` bytes.
-    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut T).cast(), &mut len) };
+    let rc =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut T).cast(), &mut len) };
     if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
 }

@@ -48,11 +48,6 @@ impl Notifier {
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
-    /// How long the accept loop may sleep before the next status line is due.
-    pub(crate) fn until_next_status(&self) -> Duration {
-        self.next_status.saturating_duration_since(Instant::now())
-    }
-
     /// Sends a STATUS line when one is due.
     pub(crate) fn refresh(&mut self, summary: Summary, open: usize) {
         let now = Instant::now();
