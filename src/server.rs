@@ -124,13 +124,13 @@ impl Server {
         }
         let Server { config, listener, .. } = self;
         drop(listener);
+        let stopped = if inherited {
+            format!("stopped accepting on {addr} (queued clients stay for the next process)")
+        } else {
+            format!("closed {addr}")
+        };
         info!(
-            "stopping: {} {addr}; waiting up to {:?} for open connections: {}",
-            if inherited {
-                "stopped accepting on (queued clients stay for the next process)"
-            } else {
-                "closed"
-            },
+            "stopping: {stopped}; waiting up to {:?} for open connections: {}",
             config.shutdown_timeout,
             pool.open_connections()
         );
