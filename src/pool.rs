@@ -55,7 +55,7 @@ impl Shared {
 }
 
 pub(crate) struct Pool {
-    jobs: Option<Sender<Conn>>,
+    jobs: Sender<Conn>,
     shared: Arc<Shared>,
     /// Disconnects when every thread of the pool has ended: each holds a sender and never sends.
     finished: Receiver<()>,
@@ -108,15 +108,14 @@ impl Pool {
                 }),
             )?);
         }
-        Ok(Pool { jobs: Some(jobs), shared, finished, threads })
+        Ok(Pool { jobs, shared, finished, threads })
     }
 
     /// Queues a connection for the workers, or turns it away with the busy reply when the queue is full.
     pub(crate) fn dispatch(&self, conn: Conn) {
-        let Some(jobs) = &self.jobs else { return };
         // Counted before it is queued, so that a worker can never close it before it is counted.
         self.shared.stats.opened();
-        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = jobs.try_send(conn) {
+        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = self.jobs.try_send(conn) {
             self.shared.stats.closed();
             conn::turn_away(conn, &self.shared);
         }
@@ -132,18 +131,20 @@ impl Pool {
 
     /// Lets every queued, in-flight and waiting connection finish, for at most `timeout`. On time, returns
     /// the summary; late, returns how many connections are being abandoned along with it.
-    pub(crate) fn shutdown(mut self, timeout: Duration) -> Result<crate::Summary, (usize, crate::Summary)> {
-        self.jobs = None;
-        self.shared.closing.store(true, SeqCst);
-        self.shared.door.wake();
-        match self.finished.recv_deadline(Instant::now() + timeout) {
+    pub(crate) fn shutdown(self, timeout: Duration) -> Result<crate::Summary, (usize, crate::Summary)> {
+        let Pool { jobs, shared, finished, threads } = self;
+        // Once the waiting room lets go of its sender too, the workers finish the queue and end.
+        drop(jobs);
+        shared.closing.store(true, SeqCst);
+        shared.door.wake();
+        match finished.recv_deadline(Instant::now() + timeout) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {
-                for thread in self.threads {
+                for thread in threads {
                     let _ = thread.join();
                 }
-                Ok(self.shared.stats.summary())
+                Ok(shared.stats.summary())
             }
-            Err(RecvTimeoutError::Timeout) => Err((self.shared.stats.open(), self.shared.stats.summary())),
+            Err(RecvTimeoutError::Timeout) => Err((shared.stats.open(), shared.stats.summary())),
         }
     }
 }
