@@ -101,11 +101,11 @@ pub struct ServeArgs {
     pub bind: Option<SocketAddr>,
 
     /// Worker threads [default: number of CPUs]
-    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = config::parse_count)]
+    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = config::parse_workers)]
     pub workers: Option<usize>,
 
     /// Accepted connections that may wait for a free worker before clients get the busy reply [default: 1024]
-    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = config::parse_count)]
+    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = config::parse_queue)]
     pub queue: Option<usize>,
 
     /// Listen backlog: connections the kernel holds before we accept them [default: 1024]

@@ -123,9 +123,9 @@ impl Config {
             bind: args.bind.or(file_bind).unwrap_or(defaults.bind),
             workers: args
                 .workers
-                .or(checked("workers", file.workers, check_count)?)
+                .or(checked("workers", file.workers, check_workers)?)
                 .unwrap_or(defaults.workers),
-            queue: args.queue.or(checked("queue", file.queue, check_count)?).unwrap_or(defaults.queue),
+            queue: args.queue.or(checked("queue", file.queue, check_queue)?).unwrap_or(defaults.queue),
             backlog: args.backlog.or(file_backlog).unwrap_or(defaults.backlog),
             mode: args.mode.or(file.mode).unwrap_or(defaults.mode),
             reply: args.reply.clone().or(file.reply).unwrap_or(defaults.reply),
@@ -205,13 +205,37 @@ pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// A count of workers or queue slots: a whole number, at least 1.
-pub fn parse_count(text: &str) -> Result<usize, String> {
-    check_count(parse_number(text)?)
+/// The most worker threads; far past what a machine runs well, short of what it cannot start.
+pub const MAX_WORKERS: usize = 1024;
+/// The most queue slots; the queue is allocated whole at startup (64 bytes a slot).
+pub const MAX_QUEUE: usize = 1 << 16;
+/// The longest timeout; beyond it a deadline stops meaning anything.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A count of worker threads: a whole number from 1 to `MAX_WORKERS`.
+pub fn parse_workers(text: &str) -> Result<usize, String> {
+    check_workers(parse_number(text)?)
 }
 
-fn check_count(n: usize) -> Result<usize, String> {
-    if n == 0 { Err("must be at least 1".to_owned()) } else { Ok(n) }
+fn check_workers(n: usize) -> Result<usize, String> {
+    check_range(n, MAX_WORKERS)
+}
+
+/// A count of queue slots: a whole number from 1 to `MAX_QUEUE`.
+pub fn parse_queue(text: &str) -> Result<usize, String> {
+    check_queue(parse_number(text)?)
+}
+
+fn check_queue(n: usize) -> Result<usize, String> {
+    check_range(n, MAX_QUEUE)
+}
+
+fn check_range(n: usize, max: usize) -> Result<usize, String> {
+    match n {
+        0 => Err("must be at least 1".to_owned()),
+        n if n > max => Err(format!("must be at most {max}")),
+        n => Ok(n),
+    }
 }
 
 pub fn parse_backlog(text: &str) -> Result<u32, String> {
@@ -242,6 +266,7 @@ fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(d) if d > MAX_DURATION => Err(format!("'{text}' is longer than the most allowed, 24h")),
         Ok(d) => Ok(d),
         Err(e) => Err(format!("'{text}' is not a duration ({e}); write it like 250ms, 5s or 1m")),
     }
@@ -264,13 +289,16 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
         assert!(parse_duration("5").unwrap_err().contains("like 250ms"));
+        assert!(parse_duration("300000000000y").unwrap_err().contains("most allowed, 24h"));
     }
 
     #[test]
     fn counts_must_be_positive_whole_numbers() {
-        assert_eq!(parse_count("4"), Ok(4));
-        assert_eq!(parse_count("0").unwrap_err(), "must be at least 1");
-        assert!(parse_count("-1").unwrap_err().contains("not a whole number"));
+        assert_eq!(parse_workers("4"), Ok(4));
+        assert_eq!(parse_workers("0").unwrap_err(), "must be at least 1");
+        assert!(parse_workers("-1").unwrap_err().contains("not a whole number"));
+        assert_eq!(parse_workers("100000000000000").unwrap_err(), "must be at most 1024");
+        assert_eq!(parse_queue("65537").unwrap_err(), "must be at most 65536");
         assert!(parse_max_request("99999999999").unwrap_err().contains("between 1 and"));
     }
 

@@ -144,6 +144,10 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
                 slow.client = source;
                 slow.preamble = if rest.is_empty() { Preamble::HeaderRead } else { Preamble::Request(rest) };
             }
+            HeaderRead::Closed => {
+                info!("{conn} closed the connection without sending a PROXY header");
+                return ended(shared, Ending::HungUp);
+            }
             HeaderRead::Failed(reason) => {
                 warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
                 return ended(shared, Ending::Error);
@@ -151,21 +155,19 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
             HeaderRead::Io(e) => return failed(shared, &conn, "reading the PROXY header", &e),
         }
     }
-    // Whether input may be left unread. A read that did not fill the buffer took everything the kernel had
-    // queued, so only a full one (or a request that came with a PROXY header) needs a look before the close.
-    let (received, maybe_more) = if let Preamble::Request(early) = conn.preamble() {
-        // The request came in the same read as the header: it is the one read, cut to the buffer.
+    let received = if let Preamble::Request(early) = conn.preamble() {
+        // Part of the request came with the header; what the kernel holds besides belongs to it too.
         let n = early.len().min(buf.len());
         buf[..n].copy_from_slice(&early[..n]);
         conn.slow_mut().preamble = Preamble::HeaderRead;
-        (n, true)
+        n + if n < buf.len() { (&conn.stream).read(&mut buf[n..]).unwrap_or(0) } else { 0 }
     } else {
         match read_request(&conn, buf) {
             Ok(0) => {
                 info!("{conn} closed the connection without sending a request");
                 return ended(shared, Ending::HungUp);
             }
-            Ok(n) => (n, n == buf.len()),
+            Ok(n) => n,
             // Not here yet: wait for it without holding a worker.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
             Err(e) => return failed(shared, &conn, "reading the request", &e),
@@ -193,7 +195,7 @@ pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     );
     drop(reply);
     shared.stats.count(Ending::Served);
-    if maybe_more { close_without_reset(conn, shared, buf) } else { Step::Closed }
+    close_without_reset(conn, shared, buf)
 }
 
 /// Reads the request. When a fresh connection's request has not arrived yet, waits a moment for it first: a
@@ -212,8 +214,10 @@ fn read_request(conn: &Conn, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Closes at once when nothing is left unread; otherwise sends our FIN now and hands the connection to the
-/// waiting room to discard what the client still sends.
+/// Closes at once when nothing is left unread (the common case, at the cost of one read that finds nothing);
+/// otherwise sends our FIN now and hands the connection to the waiting room to discard what the client still
+/// sends. The look is needed even after a read that did not fill the buffer: the rest of a request sent in
+/// two pieces may have arrived since.
 fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
     match (&conn.stream).read(buf) {
         Ok(discarded) if discarded > 0 => {
@@ -268,14 +272,14 @@ pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
     info!("{conn} timed out: no {awaited} within {:?}", shared.read_timeout);
 }
 
-/// Answers a connection that found every worker busy and the queue full, then closes it. The socket is fresh,
-/// so the short reply fits its send buffer without blocking; whatever the client already sent is read first
-/// so that the close does not reset it.
-pub(crate) fn turn_away(conn: Conn, shared: &Shared) {
+/// Answers a connection that found every worker busy and the queue full, then closes it the way a served one
+/// is closed, so that a client that sent a long request still gets the busy reply rather than a reset. The
+/// socket is fresh, so the short reply fits its send buffer without blocking.
+pub(crate) fn turn_away(conn: Conn, shared: &Shared) -> Step {
     let _ = (&conn.stream).write(&shared.busy_reply);
-    let _ = (&conn.stream).read(&mut [0; 2048]);
     warn!("{conn} turned away with the busy reply: every worker busy and the queue full");
     shared.stats.count(Ending::Busy);
+    close_without_reset(conn, shared, &mut [0; 2048])
 }
 
 /// Reads and drops the client's leftover input until it would block. Returns true when the connection can

@@ -67,7 +67,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
         eprintln!("poolserver: {e}");
-        return ExitCode::from(USAGE);
+        // A log file that cannot be opened is the user's to fix; anything else is the system's.
+        return if matches!(e, Error::Config(_)) { ExitCode::from(USAGE) } else { ExitCode::FAILURE };
     }
     logging::log_panics();
     let server = match Server::bind(config) {

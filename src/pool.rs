@@ -46,6 +46,20 @@ impl Shared {
         self.closing.load(SeqCst)
     }
 
+    /// Takes a connection where its step leads: closed, or into the waiting room.
+    pub(crate) fn settle(&self, step: Step) {
+        match step {
+            Step::Closed => self.release(),
+            Step::Wait(wait) => {
+                if let Err(wait) = self.door.admit(wait) {
+                    error!("{}: the waiting room has stopped; closing", wait.who());
+                    self.stats.count(Ending::Error);
+                    self.release();
+                }
+            }
+        }
+    }
+
     /// Marks one connection closed; the last one closed during a shutdown lets the waiting room finish.
     pub(crate) fn release(&self) {
         if self.stats.closed() == 0 && self.is_closing() {
@@ -116,8 +130,7 @@ impl Pool {
         // Counted before it is queued, so that a worker can never close it before it is counted.
         self.shared.stats.opened();
         if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = self.jobs.try_send(conn) {
-            self.shared.stats.closed();
-            conn::turn_away(conn, &self.shared);
+            self.shared.settle(conn::turn_away(conn, &self.shared));
         }
     }
 
@@ -190,14 +203,7 @@ fn work(queue: &Receiver<Conn>, shared: &Shared, max_request: usize) {
     while let Some(conn) = next_job(queue) {
         let who = conn.who();
         match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, shared, &mut buf))) {
-            Ok(Step::Closed) => shared.release(),
-            Ok(Step::Wait(wait)) => {
-                if let Err(wait) = shared.door.admit(wait) {
-                    error!("{}: the waiting room has stopped; closing", wait.who());
-                    shared.stats.count(Ending::Error);
-                    shared.release();
-                }
-            }
+            Ok(step) => shared.settle(step),
             Err(_) => {
                 error!("{who}: the handler panicked; closed this connection, the worker goes on");
                 shared.stats.count(Ending::Error);

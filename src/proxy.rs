@@ -110,6 +110,8 @@ pub(crate) enum HeaderRead {
     More,
     /// Read and parsed; `rest` is whatever of the request arrived with it.
     Done { source: Option<SocketAddr>, rest: Vec<u8> },
+    /// The client closed before sending a byte of it (a load balancer's plain TCP check, say).
+    Closed,
     /// A protocol error: the connection must be closed.
     Failed(String),
     /// The socket failed.
@@ -123,6 +125,7 @@ pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderR
     let result = (&*stream).read(&mut received[start..]);
     received.truncate(start + *result.as_ref().unwrap_or(&0));
     match result {
+        Ok(0) if start == 0 => HeaderRead::Closed,
         Ok(0) => HeaderRead::Failed("closed before sending a complete PROXY header".to_owned()),
         Ok(_) => match parse(received) {
             Parsed::Complete { source, len } => HeaderRead::Done { source, rest: received[len..].to_vec() },

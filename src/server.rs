@@ -8,7 +8,7 @@
 //! readiness, status and stopping are reported to the service manager.
 
 use std::{
-    io,
+    fs, io,
     net::SocketAddr,
     sync::{
         Arc,
@@ -164,13 +164,18 @@ impl Server {
     }
 
     /// Takes in the connections the kernel had already completed when the stop came, so they are served,
-    /// not reset when the listener closes. Bounded by the backlog, so a flood cannot keep us here.
+    /// not reset when the listener closes. No more than the accept queue can hold, so clients that keep
+    /// arriving meanwhile cannot keep the listener open.
     fn accept_already_queued(&mut self, pool: &Pool) {
         if let Err(e) = self.listener.stop_blocking() {
             warn!("cannot take in the connections queued on {}: {e}; they will be reset", self.local_addr());
             return;
         }
-        for _ in 0..self.config.backlog {
+        let kernel_cap = fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .unwrap_or(4096);
+        for _ in 0..self.config.backlog.min(kernel_cap) {
             match self.listener.accept() {
                 Ok((stream, peer)) => pool.dispatch(Conn::new(stream, peer, self.config.proxy_protocol)),
                 Err(e) if is_transient(&e) => {}

@@ -3,7 +3,10 @@
 use crossbeam_utils::CachePadded;
 use std::{
     fmt,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicU64, AtomicUsize,
+        Ordering::{Relaxed, SeqCst},
+    },
 };
 
 /// The counters and the open-connection gauge sit on cache lines of their own: every connection touches
@@ -52,17 +55,19 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 
+    // The gauge is SeqCst, the counters Relaxed: the waiting room decides to end the drain from `open` and
+    // the shutdown flag together, and those two must be seen in one order by every thread.
     pub(crate) fn opened(&self) {
-        self.open.fetch_add(1, Relaxed);
+        self.open.fetch_add(1, SeqCst);
     }
 
     /// Returns how many connections are still open after this one closed.
     pub(crate) fn closed(&self) -> usize {
-        self.open.fetch_sub(1, Relaxed) - 1
+        self.open.fetch_sub(1, SeqCst) - 1
     }
 
     pub(crate) fn open(&self) -> usize {
-        self.open.load(Relaxed)
+        self.open.load(SeqCst)
     }
 
     pub(crate) fn summary(&self) -> Summary {

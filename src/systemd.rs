@@ -4,6 +4,7 @@
 use std::{
     env,
     os::fd::RawFd,
+    sync::atomic::{AtomicBool, Ordering::SeqCst},
     time::{Duration, Instant},
 };
 
@@ -16,11 +17,20 @@ use crate::{error::Error, stats::Summary};
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The listening socket systemd passed to this process, if it passed one (LISTEN_PID is ours and
-/// LISTEN_FDS is at least 1). Further descriptors are not used.
+/// LISTEN_FDS is at least 1) and no server in this process has taken it yet. Further descriptors are not
+/// used.
 pub(crate) fn inherited_listener() -> Result<Option<RawFd>, Error> {
+    // A descriptor may be owned once: a second server in the same process binds its own socket.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.load(SeqCst) {
+        return Ok(None);
+    }
     let mut fds = sd_notify::listen_fds()
         .map_err(|source| Error::Io { what: "use the sockets passed by systemd (LISTEN_FDS)", source })?;
     let first = fds.next();
+    if first.is_some() && TAKEN.swap(true, SeqCst) {
+        return Ok(None);
+    }
     if fds.len() > 0 {
         warn!("systemd passed {} listening sockets; serving on the first only", fds.len() + 1);
     }

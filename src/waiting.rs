@@ -19,7 +19,7 @@ use log::{debug, error};
 use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 
 use crate::{
-    conn::{self, Conn},
+    conn::{self, Conn, Step},
     error::Error,
     pool::Shared,
     stats::Ending,
@@ -117,10 +117,13 @@ impl WaitingRoom {
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 error!("waiting room: epoll failed: {e}; closing {} waiting connections", self.waiting.len());
-                for (_, wait) in self.waiting.drain() {
-                    shared.stats.count(Ending::Error);
+                let admitted = self.inbox.try_iter();
+                for wait in self.waiting.drain().map(|(_, wait)| wait).chain(admitted) {
+                    // A connection draining leftovers was served already.
+                    if matches!(wait, Wait::Request { .. }) {
+                        shared.stats.count(Ending::Error);
+                    }
                     shared.release();
-                    drop(wait);
                 }
                 return;
             }
@@ -163,8 +166,10 @@ impl WaitingRoom {
                 match self.jobs.try_send(conn) {
                     Ok(()) => {}
                     Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => {
-                        conn::turn_away(conn, shared);
-                        shared.release();
+                        match conn::turn_away(conn, shared) {
+                            Step::Closed => shared.release(),
+                            Step::Wait(wait) => self.admit(wait, shared),
+                        }
                     }
                 }
             }

@@ -113,6 +113,9 @@ fn bad_flag_values_are_named() {
     rejected(&["--workers", "many"], &[], &["--workers", "'many' is not a whole number"]);
     rejected(&["--workers", "0"], &[], &["--workers", "at least 1"]);
     rejected(&["--queue", "0"], &[], &["--queue", "at least 1"]);
+    rejected(&["--workers", "100000000000000"], &[], &["--workers", "at most 1024"]);
+    rejected(&["--queue", "100000000000000"], &[], &["--queue", "at most 65536"]);
+    rejected(&["--shutdown-timeout", "300000000000y"], &[], &["--shutdown-timeout", "24h"]);
     rejected(&["--backlog=-5"], &[], &["--backlog", "not a whole number"]);
     rejected(&["--mode", "shout"], &[], &["--mode", "shout"]);
     rejected(&["--max-request", "0"], &[], &["--max-request"]);

@@ -141,13 +141,16 @@ fn a_full_queue_answers_the_busy_reply_at_once_and_counts_it() {
     assert_eq!(turned_away, b"busy");
     assert!(started.elapsed() < WAIT);
     server.wait_for("turned away with the busy reply");
+    // A turned-away client that sent a long request gets the busy reply too, not a reset.
+    let long = exchange(server.addr, &[b'x'; 64 * 1024]).expect("busy reply, then EOF, never a reset");
+    assert_eq!(long, b"busy");
 
     // Once the worker is free again, the queued client is served in full.
     assert_eq!(first + support::read_rest(writing).unwrap(), 8 << 20);
     assert_eq!(support::read_rest(queued).unwrap(), 8 << 20);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(WAIT).success());
-    assert!(server.log.iter().any(|l| l.contains("stopped: served 2, busy 1")), "{:#?}", server.log);
+    assert!(server.log.iter().any(|l| l.contains("stopped: served 2, busy 2")), "{:#?}", server.log);
 }
 
 #[test]

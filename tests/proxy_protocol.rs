@@ -35,6 +35,25 @@ fn a_v1_header_with_the_request_in_the_same_segment() {
 }
 
 #[test]
+fn a_request_that_came_with_the_header_is_read_up_to_max_request() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol", "--mode", "echo"]);
+    let mut request = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8000\r\n".to_vec();
+    let body: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).collect();
+    request.extend_from_slice(&body);
+    assert_eq!(exchange(server.addr, &request).unwrap(), body);
+}
+
+#[test]
+fn a_client_that_closes_before_any_header_byte_has_hung_up() {
+    let mut server = proxied_server();
+    drop(connect(server.addr));
+    server.wait_for("closed the connection without sending a PROXY header");
+    server.signal(libc::SIGTERM);
+    server.wait_exit(WAIT);
+    assert!(server.log.iter().any(|l| l.contains("hung up 1, errors 0")), "{:#?}", server.log);
+}
+
+#[test]
 fn a_v2_header_then_the_request_later() {
     let mut server = proxied_server();
     let mut client = connect(server.addr);
