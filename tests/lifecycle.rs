@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use support::{REPLY, Server, WAIT, exchange};
+use support::{MidReply, REPLY, Server, WAIT, exchange, server_mid_reply};
 
 const BIG: usize = 8 << 20;
 
@@ -25,11 +25,8 @@ fn binding_a_port_in_use_fails_with_one_line_and_exit_code_1() {
 
 /// A stop signal closes the listener at once, lets the in-flight client finish, and exits 0.
 fn drains_on(bind: &str, signal: i32) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::big_reply_config(dir.path(), BIG);
-    let mut server = Server::start(&["--bind", bind, "--config", config.to_str().unwrap()]);
+    let MidReply { mut server, reader: in_flight, first, .. } = server_mid_reply(BIG, &["--bind", bind]);
     let addr = server.client_addr();
-    let (in_flight, first) = support::slow_reader(addr);
 
     server.signal(signal);
     server.wait_for("stopping: closed");
@@ -70,11 +67,8 @@ fn sigint_drains_an_ipv4_loopback_server_and_sigterm_an_ipv6_one() {
 
 #[test]
 fn a_second_signal_exits_at_once_with_a_failure_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::big_reply_config(dir.path(), BIG);
-    let args = ["--bind", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--shutdown-timeout", "1m"];
-    let mut server = Server::start(&args);
-    let (_in_flight, _) = support::slow_reader(server.addr);
+    let args = ["--bind", "127.0.0.1:0", "--shutdown-timeout", "1m"];
+    let MidReply { mut server, reader: _in_flight, .. } = server_mid_reply(BIG, &args);
     server.signal(libc::SIGTERM);
     server.wait_for("stopping: closed");
     server.signal(libc::SIGINT);
@@ -85,13 +79,8 @@ fn a_second_signal_exits_at_once_with_a_failure_code() {
 
 #[test]
 fn a_drain_past_the_shutdown_timeout_abandons_connections_and_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::big_reply_config(dir.path(), BIG);
-    let config = config.to_str().unwrap();
-    let args =
-        ["--bind", "127.0.0.1:0", "--config", config, "--shutdown-timeout", "500ms", "--write-timeout", "1m"];
-    let mut server = Server::start(&args);
-    let (_stuck, _) = support::slow_reader(server.addr);
+    let args = ["--bind", "127.0.0.1:0", "--shutdown-timeout", "500ms", "--write-timeout", "1m"];
+    let MidReply { mut server, reader: _in_flight, .. } = server_mid_reply(BIG, &args);
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{:#?}", server.log);

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{REPLY, Server, WAIT, connect, exchange};
+use support::{MidReply, REPLY, Server, WAIT, connect, exchange};
 
 #[test]
 fn the_tutorials_client_gets_the_tutorials_reply() {
@@ -115,25 +115,9 @@ fn idle_clients_neither_block_two_workers_nor_outstay_the_read_timeout() {
 
 #[test]
 fn a_full_queue_answers_the_busy_reply_at_once_and_counts_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::big_reply_config(dir.path(), 8 << 20);
-    let config = config.to_str().unwrap();
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        config,
-        "--workers",
-        "1",
-        "--queue",
-        "1",
-        "--busy-reply",
-        "busy",
-    ];
-    let mut server = Server::start(&args);
-
     // The only worker is stuck writing a big reply to a slow reader; the next client fills the queue.
-    let (writing, first) = support::slow_reader(server.addr);
+    let args = ["--bind", "127.0.0.1:0", "--workers", "1", "--queue", "1", "--busy-reply", "busy"];
+    let MidReply { mut server, reader: writing, first, .. } = support::server_mid_reply(8 << 20, &args);
     let mut queued = connect(server.addr);
     queued.write_all(b"hello").unwrap();
     let started = Instant::now();

@@ -296,6 +296,28 @@ pub fn big_reply_config(dir: &Path, size: usize) -> PathBuf {
     write_config(dir, &format!("reply = \"{}\"\n", "x".repeat(size)))
 }
 
+/// A server whose reply is `size` bytes, and a client reading it slowly: the worker serving that client stays
+/// busy writing until the client reads on. `args` are `serve`'s (with `--bind`); the config file that sets
+/// the reply lives in `_dir`, kept as long as this is. Keep `reader` bound while the server should stay busy:
+/// dropping it resets the connection and frees the worker.
+pub struct MidReply {
+    pub server: Server,
+    pub reader: TcpStream,
+    /// Reply bytes the reader has already had.
+    pub first: usize,
+    _dir: tempfile::TempDir,
+}
+
+pub fn server_mid_reply(size: usize, args: &[&str]) -> MidReply {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = big_reply_config(dir.path(), size);
+    let mut full = vec!["--config", config.to_str().expect("UTF-8 path")];
+    full.extend_from_slice(args);
+    let server = Server::start(&full);
+    let (reader, first) = slow_reader(server.client_addr());
+    MidReply { server, reader, first, _dir: dir }
+}
+
 /// Closes our sending side, as a client that finished its request does.
 pub fn finish_sending(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
