@@ -1,10 +1,17 @@
-//! One connection, from its request to its close: read once, reply, and close without resetting the client.
+//! One connection's life in one place: its states, its deadlines, and every step a worker or the waiting
+//! room takes on it.
 //!
-//! Sockets here are non-blocking. A request that has not arrived yet is not waited for on a worker: the
-//! connection goes to the waiting room and comes back when it is readable. The reply is written completely,
-//! bounded by `write_timeout`. Closing a socket with unread input makes Linux send a reset, which can destroy
-//! the reply before the client reads it, so when input is left over we shut down our side and let the waiting
-//! room read and discard the rest (bounded in bytes and time) before the close.
+//! ```text
+//! accepted ─► New ─ readable ─► worker: read one message, handler, write
+//!                                 ├─ reply did not fit ──► Writing (room, until write_timeout) ─► a reset if late
+//!                                 ├─ keep-alive ─────────► Idle (room, until idle_timeout) ─ readable ─► worker
+//!                                 ├─ client may send more ► Lingering (room: our FIN sent, discard, bounded)
+//!                                 └─ otherwise ──────────► closed
+//! ```
+//! Sockets are non-blocking and nothing here waits: a step that would wait returns the connection as
+//! [`Step::Wait`] with what it waits for and until when, and the waiting room does the waiting. The
+//! connection is a value that moves (queue, worker, room), so exactly one place holds it at a time, and it
+//! carries its place in the open count ([`Open`]), given back when it is dropped.
 
 use std::{
     fmt,
@@ -17,80 +24,189 @@ use std::{
 use log::{info, warn};
 
 use crate::{
-    pool::Shared,
+    epoll::Interest,
+    handler::{Message, State},
     preview::Preview,
     proxy::{self, HeaderRead},
-    stats::Ending,
+    service::Service,
+    stats::{Ending, Open},
     sys,
-    waiting::Wait,
 };
 
-/// Input discarded after the reply before we close anyway (and the client may see a reset).
-pub(crate) const LEFTOVER_LIMIT: usize = 4 << 20;
-/// How long a worker waits for the request of a connection that arrived without one, before it hands the
-/// connection to the waiting room. A client that sends right after connecting makes it; a silent one costs
-/// a worker this much once.
-const FIRST_READ_GRACE: Duration = Duration::from_millis(1);
+/// A message at least this long may be the start of a longer one still on its way; closing right after
+/// the reply could then reset the client, so such a connection lingers (see `close_gracefully`). Shorter
+/// messages arrive in one segment, and the common one closes at once.
+const LINGER_FROM: usize = 1024;
 
 /// An accepted connection on its way through the pool. Small, because the queue holds `queue` of them.
-#[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
-    pub(crate) peer: SocketAddr,
-    /// When we accepted it; request deadlines count from here, not from when a worker picked it up.
-    pub(crate) accepted: Instant,
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Unique per server: tells a connection from a later one on the same descriptor.
+    id: u64,
+    accepted: Instant,
+    phase: Phase,
+    /// Messages answered so far.
+    messages: u64,
+    /// The handler's state for this conversation.
+    state: State,
     /// What only some connections need, boxed so the common one stays small.
-    slow: Option<Box<SlowPath>>,
+    rare: Option<Box<Rare>>,
+    _open: Open,
 }
 
-/// The state of a connection that expects a PROXY header or has had to wait for its request.
-#[derive(Debug, Default)]
-struct SlowPath {
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Its first message (or PROXY header) has not been read.
+    New,
+    /// A conversation between messages: the last reply was finished at this instant.
+    Idle(Instant),
+    /// A reply is being written; the rest is in `Rare::pending`.
+    Writing,
+    /// The last reply and our FIN are sent; the client's leftover input is read and dropped until it
+    /// finishes, or until the bounds.
+    Lingering { since: Instant, discarded: usize },
+}
+
+#[derive(Default)]
+struct Rare {
     /// The client a PROXY protocol header named, when it named one.
     client: Option<SocketAddr>,
     preamble: Preamble,
-    /// When the request must have arrived; set the first time the connection has to wait for it.
-    deadline: Option<Instant>,
+    /// When the first message must have arrived; fixed the first time the connection has to wait for it.
+    first_deadline: Option<Instant>,
+    pending: Option<Pending>,
 }
 
-/// What comes before the request.
-#[derive(Debug, Default)]
+/// What comes before the first message.
+#[derive(Default)]
 enum Preamble {
+    /// Nothing, or a PROXY header already read: the next bytes are a message.
     #[default]
-    /// Nothing: the first bytes are the request.
     None,
     /// A PROXY protocol header, of which these bytes have arrived.
     ProxyHeader(Vec<u8>),
-    /// The header has been read; the request has not arrived yet.
-    HeaderRead,
-    /// The header has been read, and these request bytes arrived with it.
-    Request(Vec<u8>),
+    /// Message bytes that arrived with the PROXY header.
+    Early(Vec<u8>),
+}
+
+/// A reply that did not fit the socket buffer at once.
+struct Pending {
+    rest: Vec<u8>,
+    written: usize,
+    deadline: Instant,
+    close_after: bool,
+    /// The client may still be sending the rest of a long message.
+    may_send_more: bool,
+    /// The message's length and escaped preview, for the access log once the reply is out.
+    message_len: usize,
+    preview: String,
+    started: Instant,
+}
+
+/// Where a connection goes after a step.
+pub(crate) enum Step {
+    /// It waits on its client in the waiting room.
+    Wait(Waiting),
+    /// Finished; the socket closes as the connection drops.
+    Done,
+}
+
+/// What the waiting room does with a connection that became ready.
+pub(crate) enum Ready {
+    /// It has a message to be answered: to the queue, for a worker.
+    Serve(Conn),
+    /// Anything else.
+    Then(Step),
+}
+
+/// A connection in the waiting room: what it waits for, and until when.
+pub(crate) struct Waiting {
+    pub(crate) conn: Conn,
+    pub(crate) interest: Interest,
+    pub(crate) deadline: Instant,
 }
 
 impl Conn {
-    /// A connection accepted just now; `proxy_header` when it must start with a PROXY protocol header.
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, proxy_header: bool) -> Conn {
-        let slow = proxy_header.then(|| {
-            Box::new(SlowPath { preamble: Preamble::ProxyHeader(Vec::new()), ..SlowPath::default() })
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, open: Open, service: &Service) -> Conn {
+        let rare = service.proxy_protocol.then(|| {
+            Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() })
         });
-        Conn { stream, peer, accepted: Instant::now(), slow }
+        Conn {
+            stream,
+            peer,
+            id,
+            accepted: Instant::now(),
+            phase: Phase::New,
+            messages: 0,
+            state: service.protocol.new_state(),
+            rare,
+            _open: open,
+        }
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether it waits between two messages of a conversation.
+    pub(crate) fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Idle(_))
     }
 
     /// The client it speaks for: the peer, or the source a PROXY protocol header named.
     fn client(&self) -> SocketAddr {
-        self.slow.as_ref().and_then(|slow| slow.client).unwrap_or(self.peer)
+        self.rare.as_ref().and_then(|rare| rare.client).unwrap_or(self.peer)
     }
 
-    fn preamble(&self) -> &Preamble {
-        self.slow.as_ref().map_or(&Preamble::None, |slow| &slow.preamble)
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        self.slow.as_ref().and_then(|slow| slow.deadline)
+    fn expects_proxy_header(&self) -> bool {
+        matches!(self.rare.as_deref(), Some(Rare { preamble: Preamble::ProxyHeader(_), .. }))
     }
 
-    fn slow_mut(&mut self) -> &mut SlowPath {
-        self.slow.get_or_insert_with(Box::default)
+    /// Waits in the room for `interest` until the deadline of its phase.
+    fn wait(mut self, interest: Interest, service: &Service) -> Step {
+        let deadline = match self.phase {
+            Phase::New => self.first_deadline(service),
+            Phase::Idle(since) => since + service.idle_timeout,
+            Phase::Writing => {
+                self.rare.as_ref().and_then(|rare| rare.pending.as_ref()).map_or_else(Instant::now, |p| p.deadline)
+            }
+            Phase::Lingering { since, .. } => since + service.read_timeout,
+        };
+        Step::Wait(Waiting { conn: self, interest, deadline })
+    }
+
+    /// The first message's deadline counts from when the client connected. A silent client that
+    /// TCP_DEFER_ACCEPT held in the kernel connected one defer period before we accepted it; the kernel
+    /// retransmitted its SYN-ACK at the end of that period, which is how it can be told from one that came
+    /// in through SYN cookies, which skip the defer.
+    fn first_deadline(&mut self, service: &Service) -> Instant {
+        if let Some(deadline) = self.rare.as_ref().and_then(|rare| rare.first_deadline) {
+            return deadline;
+        }
+        let held = match service.defer_accept {
+            Some(period) if self.sent_nothing() && sys::synack_retransmits(self.stream.as_fd()) > 0 => period,
+            _ => Duration::ZERO,
+        };
+        let connected = self.accepted.checked_sub(held).unwrap_or(self.accepted);
+        *self.rare_mut().first_deadline.insert(connected + service.read_timeout)
+    }
+
+    fn sent_nothing(&self) -> bool {
+        match self.rare.as_deref().map(|rare| &rare.preamble) {
+            None | Some(Preamble::None) => self.messages == 0,
+            Some(Preamble::ProxyHeader(received)) => received.is_empty(),
+            Some(Preamble::Early(_)) => false,
+        }
     }
 }
 
@@ -124,222 +240,308 @@ impl fmt::Display for Who {
     }
 }
 
-/// Where a connection goes after a worker has looked at it.
-#[derive(Debug)]
-pub(crate) enum Step {
-    /// Finished and closed.
-    Closed,
-    /// Waiting on the client: for its request, or for its leftover input to drain.
-    Wait(Wait),
-}
-
-/// Serves one connection on a worker: one read of at most `buf.len()` bytes, the handler's reply, the close.
-pub(crate) fn serve(mut conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
-    if let Some(slow) = &mut conn.slow
-        && let Preamble::ProxyHeader(received) = &mut slow.preamble
-    {
-        match proxy::read_header(&conn.stream, received) {
-            HeaderRead::More => return wait_for_request(conn, shared),
-            HeaderRead::Done { source, rest } => {
-                slow.client = source;
-                slow.preamble = if rest.is_empty() { Preamble::HeaderRead } else { Preamble::Request(rest) };
-            }
-            HeaderRead::Closed => {
-                info!("{conn} closed the connection without sending a PROXY header");
-                return ended(shared, Ending::HungUp);
-            }
-            HeaderRead::Failed(reason) => {
-                warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
-                return ended(shared, Ending::Error);
-            }
-            HeaderRead::Io(e) => return failed(shared, &conn, "reading the PROXY header", &e),
-        }
-    }
-    let received = if let Preamble::Request(early) = conn.preamble() {
-        // Part of the request came with the header; what the kernel holds besides belongs to it too.
+/// On a worker: reads one message, answers it, and sends the connection on.
+pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
+    let mut conn = match read_proxy_header(conn, service) {
+        Ok(conn) => conn,
+        Err(next) => return next,
+    };
+    let early = match conn.rare.as_deref_mut() {
+        Some(rare) if matches!(rare.preamble, Preamble::Early(_)) => std::mem::take(&mut rare.preamble),
+        _ => Preamble::None,
+    };
+    let received = if let Preamble::Early(early) = early {
+        // Part of the first message came with the header; what the kernel holds besides belongs to it too.
         let n = early.len().min(buf.len());
         buf[..n].copy_from_slice(&early[..n]);
-        conn.slow_mut().preamble = Preamble::HeaderRead;
         n + if n < buf.len() { (&conn.stream).read(&mut buf[n..]).unwrap_or(0) } else { 0 }
     } else {
-        match read_request(&conn, buf) {
-            Ok(0) => {
-                info!("{conn} closed the connection without sending a request");
-                return ended(shared, Ending::HungUp);
-            }
+        match (&conn.stream).read(buf) {
+            Ok(0) => return client_closed(conn, service),
             Ok(n) => n,
             // Not here yet: wait for it without holding a worker.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait_for_request(conn, shared),
-            Err(e) => return failed(shared, &conn, "reading the request", &e),
-        }
-    };
-
-    let request = &buf[..received];
-    let reply = shared.handler.reply(request);
-    if let Err((written, e)) = write_all(&conn.stream, &reply, shared.write_timeout) {
-        if e.kind() == io::ErrorKind::TimedOut {
-            warn!(
-                "{conn} timed out: wrote {written} of {} reply bytes in {:?}",
-                reply.len(),
-                shared.write_timeout
-            );
-            return ended(shared, Ending::TimedOut);
-        }
-        return failed(shared, &conn, "writing the reply", &e);
-    }
-    info!(
-        "{conn} served: {received} B in, {} B out, {:.1?}, request \"{}\"",
-        reply.len(),
-        conn.accepted.elapsed(),
-        Preview(request)
-    );
-    drop(reply);
-    shared.stats.count(Ending::Served);
-    close_without_reset(conn, shared, buf)
-}
-
-/// Reads the request. When a fresh connection's request has not arrived yet, waits a moment for it first: a
-/// client that connected and is sending right now should not make the trip through the waiting room. With
-/// TCP_DEFER_ACCEPT a connection arrives with its data, so this wait is for sockets without it.
-fn read_request(conn: &Conn, buf: &mut [u8]) -> io::Result<usize> {
-    match (&conn.stream).read(buf) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && conn.deadline().is_none() => {
-            if sys::wait_readable(conn.stream.as_fd(), Instant::now() + FIRST_READ_GRACE)? {
-                (&conn.stream).read(buf)
-            } else {
-                Err(e)
+            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                return waiting_for_message(conn, service);
             }
-        }
-        result => result,
-    }
-}
-
-/// Closes at once when nothing is left unread (the common case, at the cost of one read that finds nothing);
-/// otherwise sends our FIN now and hands the connection to the waiting room to discard what the client still
-/// sends. The look is needed even after a read that did not fill the buffer: the rest of a request sent in
-/// two pieces may have arrived since.
-fn close_without_reset(conn: Conn, shared: &Shared, buf: &mut [u8]) -> Step {
-    match (&conn.stream).read(buf) {
-        Ok(discarded) if discarded > 0 => {
-            // The reply is already queued; shutting down our side sends it with the FIN behind it.
-            if conn.stream.shutdown(Shutdown::Write).is_err() {
-                return Step::Closed;
-            }
-            let deadline = Instant::now() + shared.read_timeout;
-            Step::Wait(Wait::Leftovers { conn, deadline, discarded })
-        }
-        // Nothing unread (WouldBlock), end of input, or an error: a plain close cannot hurt the reply.
-        _ => Step::Closed,
-    }
-}
-
-/// The deadline for a request counts from when the client connected, and is fixed the first time the
-/// connection has to wait.
-fn wait_for_request(mut conn: Conn, shared: &Shared) -> Step {
-    let deadline = match conn.deadline() {
-        Some(deadline) => deadline,
-        None => {
-            let connected = conn.accepted.checked_sub(held_in_kernel(&conn, shared)).unwrap_or(conn.accepted);
-            *conn.slow_mut().deadline.insert(connected + shared.read_timeout)
+            Err(e) => return failed(&conn, service, "reading a message", &e),
         }
     };
-    if deadline <= Instant::now() {
-        timed_out_waiting(&conn, shared);
-        return ended(shared, Ending::TimedOut);
-    }
-    Step::Wait(Wait::Request { conn, deadline })
+    answer(conn, service, &buf[..received], buf.len())
 }
 
-/// How long the kernel held the connection before we accepted it. TCP_INFO's round-trip time measures it:
-/// from our first SYN-ACK to the segment that completed the accept, which under TCP_DEFER_ACCEPT is the
-/// client's first data or, for a silent client, the ACK after the defer period. A silent client was held
-/// for at least that period, which also covers clients whose ACKs give no RTT sample.
-fn held_in_kernel(conn: &Conn, shared: &Shared) -> Duration {
-    let Some(hold) = shared.held_back else { return Duration::ZERO };
-    let rtt = sys::round_trip_time(conn.stream.as_fd()).unwrap_or(Duration::ZERO);
-    let silent = match conn.preamble() {
-        Preamble::None => true,
-        Preamble::ProxyHeader(received) => received.is_empty(),
-        Preamble::HeaderRead | Preamble::Request(_) => false,
+/// Reads what has arrived of the PROXY header, when one is expected. `Err` says where the connection goes
+/// when the header is not complete yet, or is bad.
+fn read_proxy_header(mut conn: Conn, service: &Service) -> Result<Conn, Step> {
+    let Some(Rare { preamble: Preamble::ProxyHeader(received), .. }) = conn.rare.as_deref_mut() else {
+        return Ok(conn);
     };
-    if silent { rtt.max(hold) } else { rtt }
+    match proxy::read_header(&conn.stream, received) {
+        HeaderRead::More => Err(waiting_for_message(conn, service)),
+        HeaderRead::Done { source, rest } => {
+            let rare = conn.rare_mut();
+            rare.client = source;
+            rare.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
+            Ok(conn)
+        }
+        HeaderRead::Closed => {
+            info!("{conn} closed the connection without sending a PROXY header");
+            Err(ended(service, Ending::HungUp))
+        }
+        HeaderRead::Failed(reason) => {
+            warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
+            Err(ended(service, Ending::Error))
+        }
+        HeaderRead::Io(e) => Err(failed(&conn, service, "reading the PROXY header", &e)),
+    }
 }
 
-/// Logs a connection closed for sending no request in time.
-pub(crate) fn timed_out_waiting(conn: &Conn, shared: &Shared) {
-    let awaited =
-        if matches!(conn.preamble(), Preamble::ProxyHeader(_)) { "PROXY header" } else { "request" };
-    info!("{conn} timed out: no {awaited} within {:?}", shared.read_timeout);
+/// Nothing to read yet: the connection waits in the room for its message, unless its time is already up.
+pub(crate) fn waiting_for_message(conn: Conn, service: &Service) -> Step {
+    match conn.wait(Interest::Readable, service) {
+        Step::Wait(waiting) if waiting.deadline <= Instant::now() => {
+            expired(waiting.conn, service);
+            Step::Done
+        }
+        next => next,
+    }
 }
 
-/// Answers a connection that found every worker busy and the queue full, then closes it the way a served one
-/// is closed, so that a client that sent a long request still gets the busy reply rather than a reset. The
-/// socket is fresh, so the short reply fits its send buffer without blocking.
-pub(crate) fn turn_away(conn: Conn, shared: &Shared) -> Step {
-    let _ = (&conn.stream).write(&shared.busy_reply);
-    warn!("{conn} turned away with the busy reply: every worker busy and the queue full");
-    shared.stats.count(Ending::Busy);
-    close_without_reset(conn, shared, &mut [0; 2048])
+/// The client closed its side: before its first message it hung up; in a conversation, it said goodbye.
+fn client_closed(conn: Conn, service: &Service) -> Step {
+    match conn.phase {
+        Phase::Idle(_) => {
+            info!(target: "access", "{conn} ended the conversation after {} messages, {:.1?}", conn.messages, conn.accepted.elapsed());
+            ended(service, Ending::Served)
+        }
+        _ => {
+            info!("{conn} closed the connection without sending a message");
+            ended(service, Ending::HungUp)
+        }
+    }
 }
 
-/// Reads and drops the client's leftover input until it would block. Returns true when the connection can
-/// be closed: the client finished, failed, or sent more than `LEFTOVER_LIMIT`.
-pub(crate) fn discard_leftovers(stream: &TcpStream, discarded: &mut usize, buf: &mut [u8]) -> bool {
-    loop {
-        match (&*stream).read(buf) {
-            Ok(0) => return true,
-            Ok(n) => {
-                *discarded += n;
-                if *discarded >= LEFTOVER_LIMIT {
-                    return true;
+/// Answers one message: the handler's reply, written as far as the socket takes it now.
+fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step {
+    let started = Instant::now();
+    conn.messages += 1;
+    let reply = {
+        let message = Message::new(message, conn.client(), conn.peer, conn.messages);
+        service.protocol.reply(&message, &mut conn.state)
+    };
+    let may_send_more = message.len() >= LINGER_FROM || message.len() == max;
+    let written = match write_some(&conn.stream, &reply.bytes) {
+        Ok(written) => written,
+        Err(e) => return failed(&conn, service, "writing the reply", &e),
+    };
+    if written == reply.bytes.len() {
+        log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
+        return replied(conn, service, reply.close, may_send_more);
+    }
+    conn.rare_mut().pending = Some(Pending {
+        rest: reply.bytes[written..].to_vec(),
+        written,
+        deadline: Instant::now() + service.write_timeout,
+        close_after: reply.close,
+        may_send_more,
+        message_len: message.len(),
+        preview: Preview(message).to_string(),
+        started,
+    });
+    conn.phase = Phase::Writing;
+    conn.wait(Interest::Writable, service)
+}
+
+/// The access log line for one answered message.
+fn log_answer(conn: &Conn, keep_alive: bool, message_len: usize, preview: &dyn fmt::Display, reply_len: usize, started: Instant) {
+    if !keep_alive {
+        info!(
+            target: "access",
+            "{conn} served: {message_len} B in, {reply_len} B out, {:.1?}, request \"{preview}\"",
+            conn.accepted.elapsed()
+        );
+    } else {
+        info!(
+            target: "access",
+            "{conn} message {}: {message_len} B in, {reply_len} B out, {:.1?}, \"{preview}\"",
+            conn.messages,
+            started.elapsed()
+        );
+    }
+}
+
+/// The whole reply is out: the conversation goes on, or the connection closes.
+fn replied(mut conn: Conn, service: &Service, close_requested: bool, may_send_more: bool) -> Step {
+    service.stats.answered();
+    if service.keep_alive && !close_requested && !service.is_stopping() {
+        conn.phase = Phase::Idle(Instant::now());
+        return conn.wait(Interest::Readable, service);
+    }
+    service.stats.count(Ending::Served);
+    close_gracefully(conn, service, may_send_more)
+}
+
+/// Closes without resetting the client. Linux resets a connection closed with unread input, and a reset
+/// can destroy the reply before the client reads it. So: one read looks for input left over; when there
+/// is some, or the last message was long enough that more of it may still be on its way, our FIN goes out
+/// behind the reply now and the room reads and drops the rest (bounded) before the close. Otherwise (the
+/// common case) the socket closes at once.
+fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> Step {
+    let mut scratch = [0; 512];
+    let discarded = match (&conn.stream).read(&mut scratch) {
+        Ok(0) => return Step::Done,
+        Ok(n) => n,
+        Err(e) if is_would_block(&e) && may_send_more => 0,
+        // Nothing unread, or an error: a plain close cannot hurt the reply.
+        Err(_) => return Step::Done,
+    };
+    if conn.stream.shutdown(Shutdown::Write).is_err() {
+        return Step::Done;
+    }
+    conn.phase = Phase::Lingering { since: Instant::now(), discarded };
+    conn.wait(Interest::Readable, service)
+}
+
+/// In the room: the connection is ready for what it waited for.
+pub(crate) fn ready(conn: Conn, service: &Service, buf: &mut [u8]) -> Ready {
+    match conn.phase {
+        Phase::New | Phase::Idle(_) => Ready::Serve(conn),
+        _ => Ready::Then(finish_waiting(conn, service, buf)),
+    }
+}
+
+/// The room's part of writing a reply that did not fit, and of lingering.
+fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
+    match conn.phase {
+        Phase::New | Phase::Idle(_) => conn.wait(Interest::Readable, service),
+        Phase::Writing => {
+            let Some(mut pending) = conn.rare.as_mut().and_then(|rare| rare.pending.take()) else {
+                return Step::Done;
+            };
+            match write_some(&conn.stream, &pending.rest) {
+                Ok(n) if n == pending.rest.len() => {
+                    let reply_len = pending.written + n;
+                    log_answer(&conn, service.keep_alive, pending.message_len, &pending.preview, reply_len, pending.started);
+                    replied(conn, service, pending.close_after, pending.may_send_more)
                 }
+                Ok(n) => {
+                    pending.rest.drain(..n);
+                    pending.written += n;
+                    conn.rare_mut().pending = Some(pending);
+                    conn.wait(Interest::Writable, service)
+                }
+                Err(e) => failed(&conn, service, "writing the reply", &e),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
+        }
+        Phase::Lingering { since, mut discarded } => loop {
+            match (&conn.stream).read(buf) {
+                Ok(0) => return Step::Done,
+                Ok(n) => {
+                    discarded += n;
+                    if discarded >= service.leftover_limit {
+                        warn!("{conn}: sent more than {} B after its reply; closed", service.leftover_limit);
+                        return Step::Done;
+                    }
+                }
+                Err(e) if is_would_block(&e) => {
+                    conn.phase = Phase::Lingering { since, discarded };
+                    return conn.wait(Interest::Readable, service);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Done,
+            }
+        },
+    }
+}
+
+/// In the room: the connection's deadline has passed. It closes as it drops.
+pub(crate) fn expired(conn: Conn, service: &Service) {
+    match conn.phase {
+        Phase::New => {
+            let awaited = if conn.expects_proxy_header() { "PROXY header" } else { "message" };
+            info!("{conn} timed out: no {awaited} within {:?}", service.read_timeout);
+            service.stats.count(Ending::TimedOut);
+        }
+        Phase::Idle(_) => {
+            info!(target: "access", "{conn} closed after {:?} without a message ({} messages)", service.idle_timeout, conn.messages);
+            service.stats.count(Ending::IdleClosed);
+        }
+        Phase::Writing => {
+            let (written, left) = conn
+                .rare
+                .as_ref()
+                .and_then(|rare| rare.pending.as_ref())
+                .map_or((0, 0), |pending| (pending.written, pending.rest.len()));
+            warn!(
+                "{conn} timed out: wrote {written} of {} reply bytes in {:?}; reset, so the client can tell",
+                written + left,
+                service.write_timeout
+            );
+            // A reset, not a FIN: a reply cut short must not look complete.
+            let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+            service.stats.count(Ending::TimedOut);
+        }
+        Phase::Lingering { discarded, .. } => {
+            info!("{conn}: stopped discarding its input after {discarded} B and {:?}", service.read_timeout);
         }
     }
 }
 
-/// Writes all of `data` to a non-blocking socket, waiting for room for at most `timeout` in all (counted from
-/// the first time the socket is full, so the common single write reads no clock). On failure, returns how
-/// much was written with the error; running out of time is `TimedOut`.
-fn write_all(stream: &TcpStream, data: &[u8], timeout: Duration) -> Result<(), (usize, io::Error)> {
+/// In the room, when the server stops: a conversation between messages ends now, unless its next message
+/// is already here, which is answered first.
+pub(crate) fn stop_idle(conn: Conn, service: &Service) -> Ready {
+    let mut byte = [0; 1];
+    let waiting_input = matches!(conn.stream.peek(&mut byte), Ok(n) if n > 0);
+    if waiting_input {
+        return Ready::Serve(conn);
+    }
+    info!(target: "access", "{conn} closed at the stop, idle after {} messages", conn.messages);
+    service.stats.count(Ending::IdleClosed);
+    Ready::Then(Step::Done)
+}
+
+/// Answers a message that found every worker busy and the queue full, then closes as a served connection
+/// closes, so that a client that sent a long message still gets the busy reply rather than a reset. The
+/// short reply fits the send buffer of a connection that has no reply in flight.
+pub(crate) fn turn_away(conn: Conn, service: &Service) -> Step {
+    let _ = (&conn.stream).write(&service.busy_reply);
+    warn!("{conn} turned away with the busy reply: every worker busy and the queue full");
+    service.stats.count(Ending::Busy);
+    close_gracefully(conn, service, true)
+}
+
+/// Writes as much of `data` as the socket takes now.
+fn write_some(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
-    let mut deadline = None;
     while written < data.len() {
         match (&*stream).write(&data[written..]) {
-            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                match sys::wait_writable(stream.as_fd(), deadline) {
-                    Ok(true) => {}
-                    Ok(false) => return Err((written, io::ErrorKind::TimedOut.into())),
-                    Err(e) => return Err((written, e)),
-                }
-            }
+            Err(e) if is_would_block(&e) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((written, e)),
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(written)
 }
 
-fn ended(shared: &Shared, ending: Ending) -> Step {
-    shared.stats.count(ending);
-    Step::Closed
+fn ended(service: &Service, ending: Ending) -> Step {
+    service.stats.count(ending);
+    Step::Done
 }
 
 /// Logs an I/O failure at the right level: a client that hung up is routine, anything else is worth a warning.
-fn failed(shared: &Shared, conn: &Conn, doing: &str, error: &io::Error) -> Step {
+fn failed(conn: &Conn, service: &Service, doing: &str, error: &io::Error) -> Step {
     if is_client_disconnect(error) {
         info!("{conn} hung up while we were {doing}: {error}");
-        ended(shared, Ending::HungUp)
+        ended(service, Ending::HungUp)
     } else {
         warn!("{conn}: failed {doing}: {error}");
-        ended(shared, Ending::Error)
+        ended(service, Ending::Error)
     }
+}
+
+fn is_would_block(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
 }
 
 fn is_client_disconnect(error: &io::Error) -> bool {

@@ -1,56 +1,60 @@
-//! poolserver: the tutorial's one-client-at-a-time TCP server, grown into a thread-pool server that serves
-//! many clients at once.
+//! poolserver: the tutorial's one-client-at-a-time TCP server, grown into a thread-pool server that holds
+//! many conversations at once on a fixed number of threads.
 //!
 //! The shape is deliberately simple. The main thread blocks waiting for connections and hands each accepted
-//! one over a bounded channel to a fixed pool of worker threads; a worker reads the request once, writes the
-//! reply and closes. Two things keep that simple shape from falling over:
+//! one over a bounded channel to a fixed pool of worker threads; a worker reads one message, writes the
+//! reply, and hands the connection on. What keeps that shape from falling over:
 //!
-//! - a connection whose request has not arrived yet never occupies a worker: it waits in the *waiting room*
-//!   (one epoll thread) until it becomes readable or its `read_timeout` runs out;
-//! - when every worker is busy and the queue is full, the client gets `busy_reply` at once instead of
-//!   hanging.
+//! - a connection that is waiting on its client (for its first or next message, for room to write the rest
+//!   of a reply, for its leftover input to drain) never occupies a worker: it waits in the *waiting room*,
+//!   one epoll thread, until its client is ready or its deadline passes;
+//! - a message that finds every worker busy and the queue full gets `busy_reply` at once instead of hanging.
 //!
-//! The protocol itself is a [`Handler`]: [`Ack`] and [`Echo`] ship with the crate, and a library user can
-//! serve their own on the same pool, timeouts and shutdown:
+//! With `keep_alive` a connection is a conversation: every message gets a reply until the client hangs up,
+//! as in the tutorial's multitasking server. The protocol is a [`Handler`]: [`Ack`] and [`Echo`] ship with
+//! the crate, a closure is one, and a handler can keep state for each conversation:
 //!
 //! ```no_run
-//! use std::{borrow::Cow, sync::Arc};
-//! use poolserver::{Config, Handler, Server};
+//! use poolserver::{Config, Handler, Message, Reply, Server};
 //!
-//! struct Shout;
-//! impl Handler for Shout {
-//!     fn reply<'a>(&'a self, request: &'a [u8]) -> Cow<'a, [u8]> {
-//!         Cow::Owned(request.to_ascii_uppercase())
+//! /// Numbers each client's messages: "1: hello", "2: again", ...
+//! struct Numbered;
+//!
+//! impl Handler for Numbered {
+//!     type State = u64;
+//!
+//!     fn reply<'a>(&'a self, message: &Message<'a>, count: &mut u64) -> Reply<'a> {
+//!         *count += 1;
+//!         Reply::from(format!("{count}: {}", String::from_utf8_lossy(message.bytes())))
 //!     }
 //! }
 //!
-//! let server = Server::bind_with(Config::default(), Arc::new(Shout))?;
+//! let mut config = Config::default();
+//! config.keep_alive = true;
+//! let server = Server::bind_with(config, Numbered)?;
 //! println!("listening on {}", server.local_addr());
 //! let summary = server.run()?;
 //! # Ok::<(), poolserver::Error>(())
 //! ```
 
-pub mod cli;
-pub mod client;
 pub mod config;
 mod conn;
+mod epoll;
 mod error;
-pub mod handler;
+mod handler;
 mod listener;
-pub mod logging;
 mod pool;
 mod preview;
 mod proxy;
 mod server;
-pub mod signals;
+mod service;
 mod stats;
-pub mod stress;
 mod sys;
 mod systemd;
 mod waiting;
 
 pub use config::{Config, Mode};
 pub use error::Error;
-pub use handler::{Ack, Echo, Handler};
+pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use server::{Server, ShutdownHandle};
 pub use stats::Summary;

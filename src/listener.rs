@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{SocketAddr, TcpStream},
-    os::fd::{AsFd, FromRawFd, RawFd},
+    os::fd::AsFd,
     time::Duration,
 };
 
@@ -64,27 +64,27 @@ impl Listener {
         Ok(Listener { socket, local_addr, held_back, inherited: false })
     }
 
-    /// Serves on a listening socket that systemd passed in (socket activation). Its options are systemd's
-    /// (Backlog=, DeferAcceptSec=); we only read whether TCP_DEFER_ACCEPT is on.
-    pub(crate) fn inherit(fd: RawFd) -> Result<Listener, Error> {
-        let fail = |source| Error::Io { what: "serve on the socket passed by systemd", source };
-        // SAFETY: systemd hands this descriptor to the process to own (LISTEN_FDS); nothing else uses it.
-        let socket = unsafe { Socket::from_raw_fd(fd) };
+    /// Serves on a listening socket made elsewhere: by the caller, or by systemd (`inherited`: the socket
+    /// outlives this process and its queue belongs to the next one). Its options are left as they are; only
+    /// whether TCP_DEFER_ACCEPT is on is read.
+    pub(crate) fn from_std(listener: std::net::TcpListener, inherited: bool) -> Result<Listener, Error> {
+        let fail = |source| Error::Io { what: "serve on the given listener", source };
+        let socket = Socket::from(listener);
         if !socket.is_listener().map_err(fail)? || socket.r#type().map_err(fail)? != Type::STREAM {
-            return Err(fail(io::Error::other(format!(
-                "file descriptor {fd} is not a listening TCP socket; check ListenStream= in the socket unit"
-            ))));
+            return Err(fail(io::Error::other("not a listening TCP socket")));
         }
         socket.set_nonblocking(false).map_err(fail)?;
         socket.set_read_timeout(Some(ACCEPT_TICK)).map_err(fail)?;
-        let local_addr = socket.local_addr().map_err(fail)?.as_socket().ok_or_else(|| {
-            fail(io::Error::other(format!("file descriptor {fd} is not an IPv4 or IPv6 socket")))
-        })?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(fail)?
+            .as_socket()
+            .ok_or_else(|| fail(io::Error::other("not an IPv4 or IPv6 socket")))?;
         let held_back = match sys::defer_accept(socket.as_fd()) {
             Ok(seconds) if seconds > 0 => Some(DEFER_ACCEPT),
             _ => None,
         };
-        Ok(Listener { socket, local_addr, held_back, inherited: true })
+        Ok(Listener { socket, local_addr, held_back, inherited })
     }
 
     pub(crate) fn is_inherited(&self) -> bool {

@@ -1,17 +1,18 @@
-//! The fixed pool of worker threads behind a bounded crossbeam channel, and its orderly shutdown.
+//! The fixed pool of worker threads behind a bounded crossbeam channel, the waiting room beside it, and
+//! their orderly stop.
 //!
-//! The accept loop `dispatch`es each connection; when the queue is full the client gets the busy reply at
-//! once. Each worker catches panics from the handler, so a bad request costs one connection, never a worker.
-//! Shutdown drops the accept loop's sender; the workers drain the queue, the waiting room keeps serving its
-//! connections until every one is closed, and `shutdown` waits for all threads up to a deadline.
+//! The accept loop `dispatch`es each new connection to the queue; when the queue is full the connection
+//! goes to the waiting room instead, which gives it the busy reply only once it has a message in hand (a
+//! silent connection is never turned away for being silent). A worker serves one message and hands the
+//! connection on: closed, or back to the waiting room. Each worker catches panics from the handler, so a
+//! bad message costs one connection, never a worker. The stop drops the accept loop's sender; the waiting
+//! room ends idle conversations and runs until every connection has closed, and the workers finish the
+//! queue and end with it.
 
 use std::{
     hint,
     panic::{self, AssertUnwindSafe},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::SeqCst},
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -20,57 +21,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use log::error;
 
 use crate::{
-    config::Config,
     conn::{self, Conn, Step},
     error::Error,
-    handler::Handler,
-    stats::{Ending, Stats},
+    service::Service,
+    stats::{Ending, OpenCount, Summary},
     waiting::{Door, WaitingRoom},
 };
 
-/// What every thread of the pool reads and counts.
-pub(crate) struct Shared {
-    pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) busy_reply: Vec<u8>,
-    pub(crate) read_timeout: Duration,
-    pub(crate) write_timeout: Duration,
-    /// How long the listener keeps a silent client in the kernel before handing it over (TCP_DEFER_ACCEPT).
-    pub(crate) held_back: Option<Duration>,
-    pub(crate) stats: Stats,
-    closing: AtomicBool,
-    door: Door,
-}
-
-impl Shared {
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(SeqCst)
-    }
-
-    /// Takes a connection where its step leads: closed, or into the waiting room.
-    pub(crate) fn settle(&self, step: Step) {
-        match step {
-            Step::Closed => self.release(),
-            Step::Wait(wait) => {
-                if let Err(wait) = self.door.admit(wait) {
-                    error!("{}: the waiting room has stopped; closing", wait.who());
-                    self.stats.count(Ending::Error);
-                    self.release();
-                }
-            }
-        }
-    }
-
-    /// Marks one connection closed; the last one closed during a shutdown lets the waiting room finish.
-    pub(crate) fn release(&self) {
-        if self.stats.closed() == 0 && self.is_closing() {
-            self.door.wake();
-        }
-    }
-}
-
 pub(crate) struct Pool {
-    jobs: Sender<Conn>,
-    shared: Arc<Shared>,
+    queue: Sender<Conn>,
+    door: Door,
+    service: Arc<Service>,
+    open: Arc<OpenCount>,
     /// Disconnects when every thread of the pool has ended: each holds a sender and never sends.
     finished: Receiver<()>,
     threads: Vec<thread::JoinHandle<()>>,
@@ -78,24 +40,15 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn start(
-        config: &Config,
-        handler: Arc<dyn Handler>,
-        held_back: Option<Duration>,
+        workers: usize,
+        queue_size: usize,
+        service: Arc<Service>,
+        open: Arc<OpenCount>,
     ) -> Result<Pool, Error> {
-        let (jobs, queue) = crossbeam_channel::bounded(config.queue);
-        let (room, door) = WaitingRoom::new(jobs.clone())?;
-        let shared = Arc::new(Shared {
-            handler,
-            busy_reply: config.busy_reply.as_bytes().to_vec(),
-            read_timeout: config.read_timeout,
-            write_timeout: config.write_timeout,
-            held_back,
-            stats: Stats::default(),
-            closing: AtomicBool::new(false),
-            door,
-        });
+        let (queue, jobs) = crossbeam_channel::bounded(queue_size);
+        let (room, door) = WaitingRoom::new(queue.clone(), Arc::clone(&service), Arc::clone(&open))?;
         let (alive, finished) = crossbeam_channel::bounded::<()>(0);
-        let mut threads = Vec::with_capacity(config.workers + 1);
+        let mut threads = Vec::with_capacity(workers + 1);
         let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()
                 .name(name)
@@ -103,61 +56,63 @@ impl Pool {
                 .map_err(|source| Error::Io { what: "start a pool thread", source })
         };
 
-        let (room_shared, room_alive) = (Arc::clone(&shared), alive.clone());
+        let room_alive = alive.clone();
         threads.push(spawn(
             "waiting-room".to_owned(),
             Box::new(move || {
                 let _alive = room_alive;
-                room.run(room_shared);
+                room.run();
             }),
         )?);
-        for id in 0..config.workers {
-            let (queue, shared, alive) = (queue.clone(), Arc::clone(&shared), alive.clone());
-            let max_request = config.max_request;
+        for id in 0..workers {
+            let (jobs, door, service, alive) = (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
             threads.push(spawn(
                 format!("worker-{id}"),
                 Box::new(move || {
                     let _alive = alive;
-                    work(&queue, &shared, max_request);
+                    work(&jobs, &door, &service);
                 }),
             )?);
         }
-        Ok(Pool { jobs, shared, finished, threads })
+        Ok(Pool { queue, door, service, open, finished, threads })
     }
 
-    /// Queues a connection for the workers, or turns it away with the busy reply when the queue is full.
+    /// Queues a new connection for the workers; when the queue is full, it waits in the room, where it is
+    /// turned away only if it has a message and the queue is still full.
     pub(crate) fn dispatch(&self, conn: Conn) {
-        // Counted before it is queued, so that a worker can never close it before it is counted.
-        self.shared.stats.opened();
-        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = self.jobs.try_send(conn) {
-            self.shared.settle(conn::turn_away(conn, &self.shared));
+        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = self.queue.try_send(conn) {
+            match conn::waiting_for_message(conn, &self.service) {
+                Step::Wait(waiting) => self.door.admit(waiting),
+                Step::Done => {}
+            }
         }
     }
 
-    pub(crate) fn summary(&self) -> crate::Summary {
-        self.shared.stats.summary()
+    pub(crate) fn summary(&self) -> Summary {
+        self.service.stats.summary()
     }
 
     pub(crate) fn open_connections(&self) -> usize {
-        self.shared.stats.open()
+        self.open.get()
     }
 
     /// Lets every queued, in-flight and waiting connection finish, for at most `timeout`. On time, returns
     /// the summary; late, returns how many connections are being abandoned along with it.
-    pub(crate) fn shutdown(self, timeout: Duration) -> Result<crate::Summary, (usize, crate::Summary)> {
-        let Pool { jobs, shared, finished, threads } = self;
+    pub(crate) fn shutdown(self, timeout: Duration) -> Result<Summary, (usize, Summary)> {
+        let Pool { queue, door, service, open, finished, threads } = self;
         // Once the waiting room lets go of its sender too, the workers finish the queue and end.
-        drop(jobs);
-        shared.closing.store(true, SeqCst);
-        shared.door.wake();
+        drop(queue);
+        service.begin_stop();
+        door.wake();
+        drop(door);
         match finished.recv_deadline(Instant::now() + timeout) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {
                 for thread in threads {
                     let _ = thread.join();
                 }
-                Ok(shared.stats.summary())
+                Ok(service.stats.summary())
             }
-            Err(RecvTimeoutError::Timeout) => Err((shared.stats.open(), shared.stats.summary())),
+            Err(RecvTimeoutError::Timeout) => Err((open.get(), service.stats.summary())),
         }
     }
 }
@@ -169,8 +124,8 @@ const STAY_AWAKE: Duration = Duration::from_micros(100);
 
 /// The next queued connection: at once if there is one, else after looking for `STAY_AWAKE`, else after
 /// sleeping until one comes. `None` once the queue is closed and empty.
-fn next_job(queue: &Receiver<Conn>) -> Option<Conn> {
-    match queue.try_recv() {
+fn next_job(jobs: &Receiver<Conn>) -> Option<Conn> {
+    match jobs.try_recv() {
         Ok(conn) => return Some(conn),
         Err(TryRecvError::Disconnected) => return None,
         Err(TryRecvError::Empty) => {}
@@ -188,26 +143,27 @@ fn next_job(queue: &Receiver<Conn>) -> Option<Conn> {
                 hint::spin_loop();
             }
         }
-        match queue.try_recv() {
+        match jobs.try_recv() {
             Ok(conn) => return Some(conn),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if Instant::now() >= until => return queue.recv().ok(),
+            Err(TryRecvError::Empty) if Instant::now() >= until => return jobs.recv().ok(),
             Err(TryRecvError::Empty) => {}
         }
     }
 }
 
 /// A worker: serves queued connections until the queue is closed and empty.
-fn work(queue: &Receiver<Conn>, shared: &Shared, max_request: usize) {
-    let mut buf = vec![0; max_request];
-    while let Some(conn) = next_job(queue) {
+fn work(jobs: &Receiver<Conn>, door: &Door, service: &Service) {
+    let mut buf = vec![0; service.max_request];
+    while let Some(conn) = next_job(jobs) {
         let who = conn.who();
-        match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, shared, &mut buf))) {
-            Ok(step) => shared.settle(step),
+        match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, &mut buf))) {
+            Ok(Step::Wait(waiting)) => door.admit(waiting),
+            Ok(Step::Done) => {}
+            // The connection was dropped (and closed, and uncounted) as the panic unwound.
             Err(_) => {
                 error!("{who}: the handler panicked; closed this connection, the worker goes on");
-                shared.stats.count(Ending::Error);
-                shared.release();
+                service.stats.count(Ending::Error);
             }
         }
     }

@@ -1,98 +1,132 @@
-//! Counters shared by the accept loop, the workers and the waiting room, and the summary logged at shutdown.
+//! Counters shared by the accept loop, the workers and the waiting room; the open-connection count, owned by
+//! the connections themselves; and the summary logged at shutdown.
 
 use crossbeam_utils::CachePadded;
 use std::{
     fmt,
-    sync::atomic::{
-        AtomicU64, AtomicUsize,
-        Ordering::{Relaxed, SeqCst},
+    sync::{
+        Arc,
+        atomic::{
+            AtomicU64, AtomicUsize,
+            Ordering::{Relaxed, SeqCst},
+        },
     },
 };
 
-/// The counters and the open-connection gauge sit on cache lines of their own: every connection touches
-/// both, from the accept loop and from a worker, and they should not also drag each other between cores.
+/// The counters sit on a cache line of their own: every connection touches them from a worker or the
+/// waiting room, and they should not drag the open count between cores too.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    counters: CachePadded<Counters>,
-    /// Connections the pool owns right now: queued, with a worker, or in the waiting room.
-    open: CachePadded<AtomicUsize>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
+    connections: AtomicU64,
+    messages: AtomicU64,
     served: AtomicU64,
     busy: AtomicU64,
     timed_out: AtomicU64,
     hung_up: AtomicU64,
+    idle_closed: AtomicU64,
     errors: AtomicU64,
 }
 
 /// How a connection ended, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
-    /// The whole reply was written.
+    /// Every reply was written and the exchange or conversation ended normally.
     Served,
     /// Turned away with the busy reply.
     Busy,
-    /// The request or the reply did not make it in time.
+    /// A message or a reply did not make it in time.
     TimedOut,
-    /// The client went away first (closed, reset).
+    /// The client went away before it was answered (closed, reset).
     HungUp,
+    /// A conversation was silent for `idle_timeout`, or was idle when the server stopped: closed quietly.
+    IdleClosed,
     /// Anything else, including a panic in the handler.
     Error,
 }
 
 impl Stats {
+    pub(crate) fn accepted(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn answered(&self) {
+        self.messages.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn count(&self, ending: Ending) {
-        let c = &self.counters;
         let counter = match ending {
-            Ending::Served => &c.served,
-            Ending::Busy => &c.busy,
-            Ending::TimedOut => &c.timed_out,
-            Ending::HungUp => &c.hung_up,
-            Ending::Error => &c.errors,
+            Ending::Served => &self.served,
+            Ending::Busy => &self.busy,
+            Ending::TimedOut => &self.timed_out,
+            Ending::HungUp => &self.hung_up,
+            Ending::IdleClosed => &self.idle_closed,
+            Ending::Error => &self.errors,
         };
         counter.fetch_add(1, Relaxed);
     }
 
-    // The gauge is SeqCst, the counters Relaxed: the waiting room decides to end the drain from `open` and
-    // the shutdown flag together, and those two must be seen in one order by every thread.
-    pub(crate) fn opened(&self) {
-        self.open.fetch_add(1, SeqCst);
-    }
-
-    /// Returns how many connections are still open after this one closed.
-    pub(crate) fn closed(&self) -> usize {
-        self.open.fetch_sub(1, SeqCst) - 1
-    }
-
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(SeqCst)
-    }
-
     pub(crate) fn summary(&self) -> Summary {
-        let c = &self.counters;
         Summary {
-            served: c.served.load(Relaxed),
-            busy: c.busy.load(Relaxed),
-            timed_out: c.timed_out.load(Relaxed),
-            hung_up: c.hung_up.load(Relaxed),
-            errors: c.errors.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+            messages: self.messages.load(Relaxed),
+            served: self.served.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            hung_up: self.hung_up.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
+            errors: self.errors.load(Relaxed),
         }
+    }
+}
+
+/// How many connections are open: queued, on a worker, or in the waiting room. Each connection holds an
+/// [`Open`] that counts it while it lives, so no path can forget or double a release.
+#[derive(Debug, Default)]
+pub(crate) struct OpenCount(CachePadded<AtomicUsize>);
+
+impl OpenCount {
+    // SeqCst: the drain ends when the stop flag is set and this count is zero, and every thread must see
+    // those two in one order.
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(SeqCst)
+    }
+}
+
+/// One open connection's place in the count: taken at accept, given back when the connection is dropped.
+#[derive(Debug)]
+pub(crate) struct Open(Arc<OpenCount>);
+
+impl Open {
+    pub(crate) fn new(count: &Arc<OpenCount>) -> Open {
+        count.0.fetch_add(1, SeqCst);
+        Open(Arc::clone(count))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, SeqCst);
     }
 }
 
 /// What a server did over its life, as logged when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
-    /// Connections that got their whole reply.
+    /// Connections accepted.
+    pub connections: u64,
+    /// Messages answered (one per connection without keep-alive).
+    pub messages: u64,
+    /// Connections that got every reply and ended normally.
     pub served: u64,
     /// Connections turned away with the busy reply.
     pub busy: u64,
-    /// Connections closed because the request or the reply took too long.
+    /// Connections closed because a message or a reply took too long.
     pub timed_out: u64,
-    /// Connections the client closed or reset before it was served.
+    /// Connections the client closed or reset before it was answered.
     pub hung_up: u64,
+    /// Conversations closed quietly after `idle_timeout` of silence, or idle when the server stopped.
+    pub idle_closed: u64,
     /// Connections that ended in an I/O fault or a handler panic.
     pub errors: u64,
 }
@@ -101,8 +135,31 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "served {}, busy {}, timed out {}, hung up {}, errors {}",
-            self.served, self.busy, self.timed_out, self.hung_up, self.errors
+            "served {}, busy {}, timed out {}, hung up {}, idle closed {}, errors {} ({} connections, {} messages)",
+            self.served,
+            self.busy,
+            self.timed_out,
+            self.hung_up,
+            self.idle_closed,
+            self.errors,
+            self.connections,
+            self.messages
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_connection_is_counted_until_it_is_dropped() {
+        let count = Arc::new(OpenCount::default());
+        let (a, b) = (Open::new(&count), Open::new(&count));
+        assert_eq!(count.get(), 2);
+        drop(a);
+        assert_eq!(count.get(), 1);
+        drop(b);
+        assert_eq!(count.get(), 0);
     }
 }

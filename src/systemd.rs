@@ -3,7 +3,8 @@
 
 use std::{
     env,
-    os::fd::RawFd,
+    net::TcpListener,
+    os::fd::FromRawFd,
     sync::atomic::{AtomicBool, Ordering::SeqCst},
     time::{Duration, Instant},
 };
@@ -16,25 +17,26 @@ use crate::{error::Error, stats::Summary};
 /// How often `systemctl status` gets a fresh STATUS line.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The listening socket systemd passed to this process, if it passed one (LISTEN_PID is ours and
-/// LISTEN_FDS is at least 1) and no server in this process has taken it yet. Further descriptors are not
-/// used.
-pub(crate) fn inherited_listener() -> Result<Option<RawFd>, Error> {
-    // A descriptor may be owned once: a second server in the same process binds its own socket.
+/// The listening socket systemd passed to this process (socket activation: LISTEN_PID is ours and
+/// LISTEN_FDS is at least 1), taken once: a second call in the same process gets `None`. Further sockets
+/// are not used.
+pub(crate) fn take_listener() -> Result<Option<TcpListener>, Error> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if TAKEN.load(SeqCst) {
         return Ok(None);
     }
     let mut fds = sd_notify::listen_fds()
         .map_err(|source| Error::Io { what: "use the sockets passed by systemd (LISTEN_FDS)", source })?;
-    let first = fds.next();
-    if first.is_some() && TAKEN.swap(true, SeqCst) {
+    let Some(fd) = fds.next() else { return Ok(None) };
+    if TAKEN.swap(true, SeqCst) {
         return Ok(None);
     }
     if fds.len() > 0 {
         warn!("systemd passed {} listening sockets; serving on the first only", fds.len() + 1);
     }
-    Ok(first)
+    // SAFETY: systemd hands this descriptor to the process to own (LISTEN_FDS), and TAKEN makes sure it is
+    // owned once.
+    Ok(Some(unsafe { TcpListener::from_raw_fd(fd) }))
 }
 
 /// Tells systemd how the server is doing, when it runs as a `Type=notify` service.

@@ -1,73 +1,53 @@
-//! The waiting room: connections that are waiting on their client, held without occupying a worker.
+//! The waiting room: every connection that is waiting on its client, held without occupying a worker.
 //!
-//! A fixed pool freezes when its workers block on clients that never send (the Rust Book's pool does, with
-//! four idle clients). Here a worker that finds no request yet hands the connection to this one epoll thread,
-//! which sends it back to the workers once it is readable, or closes it when its deadline passes. The same
-//! thread discards a client's leftover input after the reply, so that the close does not reset the client.
+//! A fixed pool freezes when its workers block on clients (the Rust Book's pool does, with four idle
+//! clients). Here nothing waits on a worker: a connection whose first or next message has not arrived, whose
+//! reply did not fit the socket buffer, or whose leftover input must drain before the close, comes to this
+//! one epoll thread. When its client is ready, a message goes back to the queue for a worker (or gets the
+//! busy reply when the queue is full), and writing or draining goes on here; when its deadline passes, it is
+//! closed. Each descriptor is armed for one event at a time (see `epoll`), so a connection is in exactly one
+//! place: here, queued, or on a worker.
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::BinaryHeap,
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, RawFd},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use log::{debug, error};
-use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
+use log::error;
 
 use crate::{
-    conn::{self, Conn, Step},
+    conn::{self, Conn, Ready, Step, Waiting},
+    epoll::{self, Epoll, Waker},
     error::Error,
-    pool::Shared,
-    stats::Ending,
+    service::Service,
+    stats::OpenCount,
 };
 
-const WAKE: Token = Token(0);
+/// The waker's token; connection tokens are their descriptors, which are never negative.
+const WAKE: u64 = u64::MAX;
+/// While stopping, how often the room looks whether every connection has closed.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
-/// What a connection in the waiting room waits for.
-#[derive(Debug)]
-pub(crate) enum Wait {
-    /// Its request, until `deadline`.
-    Request { conn: Conn, deadline: Instant },
-    /// The end of its leftover input, until `deadline`; the reply has been sent.
-    Leftovers { conn: Conn, deadline: Instant, discarded: usize },
-}
-
-impl Wait {
-    pub(crate) fn who(&self) -> crate::conn::Who {
-        self.conn().who()
-    }
-
-    fn conn(&self) -> &Conn {
-        match self {
-            Wait::Request { conn, .. } | Wait::Leftovers { conn, .. } => conn,
-        }
-    }
-
-    fn deadline(&self) -> Instant {
-        match self {
-            Wait::Request { deadline, .. } | Wait::Leftovers { deadline, .. } => *deadline,
-        }
-    }
-}
-
-/// The way in: workers admit connections through it; it also wakes the room to look at the shutdown state.
-#[derive(Debug)]
+/// The way in, for the accept loop and the workers. Cheap to clone.
+#[derive(Clone)]
 pub(crate) struct Door {
-    inbox: Sender<Wait>,
-    waker: Waker,
+    inbox: Sender<Waiting>,
+    waker: Arc<Waker>,
 }
 
 impl Door {
-    /// Hands a connection to the room. The room outlives every open connection, so this fails only if its
-    /// thread has stopped; the connection comes back to be closed.
-    pub(crate) fn admit(&self, wait: Wait) -> Result<(), Wait> {
-        self.inbox.send(wait).map_err(|refused| refused.into_inner())?;
-        self.wake();
-        Ok(())
+    /// Hands a connection to the room. The room runs as long as any connection is open, so this fails only
+    /// if its thread has died; the connection then closes as it drops.
+    pub(crate) fn admit(&self, waiting: Waiting) {
+        match self.inbox.send(waiting) {
+            Ok(()) => self.wake(),
+            Err(refused) => error!("{}: the waiting room has stopped; closing", refused.into_inner().conn),
+        }
     }
 
     pub(crate) fn wake(&self) {
@@ -77,143 +57,200 @@ impl Door {
     }
 }
 
+/// One descriptor's place in the room.
+#[derive(Default)]
+struct Slot {
+    waiting: Option<Waiting>,
+    /// The connection whose registration this descriptor carries in epoll (closing it removes it).
+    registered: Option<u64>,
+    /// The timer entry queued for this descriptor: connection and deadline.
+    timer: Option<(u64, Instant)>,
+}
+
 pub(crate) struct WaitingRoom {
-    poll: Poll,
-    inbox: Receiver<Wait>,
-    jobs: Sender<Conn>,
-    waiting: HashMap<Token, Wait>,
-    deadlines: BinaryHeap<Reverse<(Instant, Token)>>,
-    next_token: usize,
+    epoll: Epoll,
+    waker: Arc<Waker>,
+    inbox: Receiver<Waiting>,
+    queue: Sender<Conn>,
+    service: Arc<Service>,
+    open: Arc<OpenCount>,
+    /// Indexed by descriptor: dense and small, so no hashing.
+    slots: Vec<Slot>,
+    /// Deadlines, earliest first, at most one live entry per connection: a connection that comes back with a
+    /// later deadline keeps its earlier entry, which re-queues itself when it fires (so a conversation that
+    /// waits a thousand times does not leave a thousand entries behind).
+    timers: BinaryHeap<Reverse<(Instant, u64, RawFd)>>,
     buf: Vec<u8>,
 }
 
 impl WaitingRoom {
-    /// Creates the room (not yet running) and its door. `jobs` is where readable requests go back to.
-    pub(crate) fn new(jobs: Sender<Conn>) -> Result<(WaitingRoom, Door), Error> {
-        let poll =
-            Poll::new().map_err(|source| Error::Io { what: "create the waiting room's epoll", source })?;
-        let waker = Waker::new(poll.registry(), WAKE)
-            .map_err(|source| Error::Io { what: "create the waiting room's waker", source })?;
+    /// Creates the room (not yet running) and its door. `queue` is where readable messages go.
+    pub(crate) fn new(
+        queue: Sender<Conn>,
+        service: Arc<Service>,
+        open: Arc<OpenCount>,
+    ) -> Result<(WaitingRoom, Door), Error> {
+        let failed = |what| move |source| Error::Io { what, source };
+        let epoll = Epoll::new().map_err(failed("create the waiting room's epoll"))?;
+        let waker = Arc::new(Waker::new(&epoll, WAKE).map_err(failed("create the waiting room's waker"))?);
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        let door = Door { inbox: inbox_tx, waker: Arc::clone(&waker) };
         let room = WaitingRoom {
-            poll,
+            epoll,
+            waker,
             inbox,
-            jobs,
-            waiting: HashMap::new(),
-            deadlines: BinaryHeap::new(),
-            next_token: 1,
+            queue,
+            service,
+            open,
+            slots: Vec::new(),
+            timers: BinaryHeap::new(),
             buf: vec![0; 64 * 1024],
         };
-        Ok((room, Door { inbox: inbox_tx, waker }))
+        Ok((room, door))
     }
 
-    /// Runs until a shutdown has begun and no connection is open anywhere in the pool.
-    pub(crate) fn run(mut self, shared: Arc<Shared>) {
-        let mut events = Events::with_capacity(256);
+    /// Runs until the server is stopping and no connection is open anywhere in the pool.
+    pub(crate) fn run(mut self) {
+        let mut events = Vec::with_capacity(256);
+        let mut swept = false;
         loop {
+            let stopping = self.service.is_stopping();
+            if stopping && !swept {
+                self.end_idle_conversations();
+                swept = true;
+            }
+            if stopping && self.open.get() == 0 {
+                return;
+            }
+            let next_deadline =
+                self.timers.peek().map(|Reverse((at, ..))| at.saturating_duration_since(Instant::now()));
             let timeout =
-                self.deadlines.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                error!("waiting room: epoll failed: {e}; closing {} waiting connections", self.waiting.len());
-                let admitted = self.inbox.try_iter();
-                for wait in self.waiting.drain().map(|(_, wait)| wait).chain(admitted) {
-                    // A connection draining leftovers was served already.
-                    if matches!(wait, Wait::Request { .. }) {
-                        shared.stats.count(Ending::Error);
-                    }
-                    shared.release();
-                }
-                return;
-            }
-            for event in events.iter() {
-                if event.token() != WAKE {
-                    self.readable(event.token(), &shared);
+                if stopping { Some(next_deadline.map_or(DRAIN_TICK, |t| t.min(DRAIN_TICK))) } else { next_deadline };
+            match self.epoll.wait(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+                Err(e) => {
+                    error!("waiting room: epoll failed: {e}; closing every waiting connection");
+                    self.slots.clear();
+                    return;
                 }
             }
-            while let Ok(wait) = self.inbox.try_recv() {
-                self.admit(wait, &shared);
+            for token in events.iter().map(epoll::token) {
+                if token == WAKE {
+                    self.waker.reset();
+                } else {
+                    self.ready(token as RawFd);
+                }
             }
-            self.expire(&shared);
-            if shared.is_closing() && shared.stats.open() == 0 {
-                return;
+            while let Ok(waiting) = self.inbox.try_recv() {
+                self.admit(waiting);
             }
+            self.expire();
         }
     }
 
-    fn admit(&mut self, wait: Wait, shared: &Shared) {
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        let fd = wait.conn().stream.as_raw_fd();
-        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE) {
-            error!("{}: cannot wait for the client: {e}; closing", wait.conn());
-            shared.stats.count(Ending::Error);
-            shared.release();
-            return;
-        }
-        self.deadlines.push(Reverse((wait.deadline(), token)));
-        self.waiting.insert(token, wait);
-    }
-
-    fn readable(&mut self, token: Token, shared: &Shared) {
-        let Some(wait) = self.waiting.remove(&token) else {
+    fn ready(&mut self, fd: RawFd) {
+        let Some(waiting) = self.slots.get_mut(fd as usize).and_then(|slot| slot.waiting.take()) else {
+            // Its connection left already (the stop sweep sent it on): nothing waits for this event.
             return;
         };
-        match wait {
-            Wait::Request { conn, .. } => {
-                self.forget(&conn);
-                match self.jobs.try_send(conn) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => {
-                        match conn::turn_away(conn, shared) {
-                            Step::Closed => shared.release(),
-                            Step::Wait(wait) => self.admit(wait, shared),
-                        }
-                    }
+        let ready = conn::ready(waiting.conn, &self.service, &mut self.buf);
+        self.route(ready);
+    }
+
+    /// Sends a connection where it goes next: a message to the queue, or the busy reply when the queue is
+    /// full; a wait back into the room.
+    fn route(&mut self, ready: Ready) {
+        match ready {
+            Ready::Serve(conn) => match self.queue.try_send(conn) {
+                Ok(()) => {}
+                Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => {
+                    let step = conn::turn_away(conn, &self.service);
+                    self.settle(step);
                 }
-            }
-            Wait::Leftovers { conn, deadline, mut discarded } => {
-                if conn::discard_leftovers(&conn.stream, &mut discarded, &mut self.buf) {
-                    debug!("{conn}: discarded {discarded} B of input left after the reply");
-                    self.forget(&conn);
-                    shared.release();
-                } else {
-                    self.waiting.insert(token, Wait::Leftovers { conn, deadline, discarded });
-                }
-            }
+            },
+            Ready::Then(step) => self.settle(step),
+        }
+    }
+
+    fn settle(&mut self, step: Step) {
+        match step {
+            Step::Wait(waiting) => self.admit(waiting),
+            Step::Done => {}
+        }
+    }
+
+    fn admit(&mut self, waiting: Waiting) {
+        if self.service.is_stopping() && waiting.conn.is_idle() {
+            let ready = conn::stop_idle(waiting.conn, &self.service);
+            return self.route(ready);
+        }
+        let fd = waiting.conn.stream().as_raw_fd();
+        let (id, deadline) = (waiting.conn.id(), waiting.deadline);
+        let index = fd as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, Slot::default);
+        }
+        let slot = &mut self.slots[index];
+        let armed = if slot.registered == Some(id) {
+            self.epoll.rearm(fd, waiting.interest, fd as u64)
+        } else {
+            self.epoll.add(fd, waiting.interest, fd as u64)
+        };
+        if let Err(e) = armed {
+            error!("{}: cannot wait for the client: {e}; closing", waiting.conn);
+            return;
+        }
+        slot.registered = Some(id);
+        slot.waiting = Some(waiting);
+        if !matches!(slot.timer, Some((timer_id, at)) if timer_id == id && at <= deadline) {
+            slot.timer = Some((id, deadline));
+            self.timers.push(Reverse((deadline, id, fd)));
         }
     }
 
     /// Closes every connection whose deadline has passed.
-    fn expire(&mut self, shared: &Shared) {
+    fn expire(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((deadline, token))) = self.deadlines.peek().copied() {
-            if deadline > now {
+        while let Some(&Reverse((at, id, fd))) = self.timers.peek() {
+            if at > now {
                 break;
             }
-            self.deadlines.pop();
-            // Gone already when it became readable in time.
-            let Some(wait) = self.waiting.remove(&token) else {
-                continue;
-            };
-            self.forget(wait.conn());
-            match wait {
-                Wait::Request { conn, .. } => {
-                    conn::timed_out_waiting(&conn, shared);
-                    shared.stats.count(Ending::TimedOut);
-                }
-                Wait::Leftovers { conn, discarded, .. } => {
-                    debug!("{conn}: stopped discarding leftover input after {discarded} B");
-                }
+            self.timers.pop();
+            let slot = &mut self.slots[fd as usize];
+            if slot.timer != Some((id, at)) {
+                continue; // replaced by an earlier deadline, or its connection is gone
             }
-            shared.release();
+            slot.timer = None;
+            match &slot.waiting {
+                Some(waiting) if waiting.conn.id() == id && waiting.deadline <= now => {
+                    if let Some(waiting) = slot.waiting.take() {
+                        conn::expired(waiting.conn, &self.service);
+                    }
+                }
+                // It came back with a later deadline: keep one entry, for that.
+                Some(waiting) if waiting.conn.id() == id => {
+                    slot.timer = Some((id, waiting.deadline));
+                    self.timers.push(Reverse((waiting.deadline, id, fd)));
+                }
+                // Away on a worker, or another connection now: it will bring its own deadline.
+                _ => {}
+            }
         }
     }
 
-    fn forget(&self, conn: &Conn) {
-        let fd = conn.stream.as_raw_fd();
-        // Failing to deregister only means epoll forgot it already; closing the socket removes it anyway.
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+    /// At the stop: conversations waiting between messages end now (or are answered first when their next
+    /// message is already here).
+    fn end_idle_conversations(&mut self) {
+        let idle: Vec<Waiting> = self
+            .slots
+            .iter_mut()
+            .filter(|slot| slot.waiting.as_ref().is_some_and(|w| w.conn.is_idle()))
+            .filter_map(|slot| slot.waiting.take())
+            .collect();
+        for waiting in idle {
+            let ready = conn::stop_idle(waiting.conn, &self.service);
+            self.route(ready);
+        }
     }
 }

@@ -3,28 +3,30 @@
 mod support;
 
 use std::{
-    borrow::Cow,
     net::SocketAddr,
-    sync::Arc,
     thread::{self, JoinHandle},
 };
 
-use poolserver::{Config, Error, Handler, Server, Summary};
+use poolserver::{Config, Error, Handler, Message, Reply, Server, Summary};
 use support::exchange;
 
 /// Uppercases the request, and panics on the request `panic`.
 struct Fragile;
 
 impl Handler for Fragile {
-    fn reply<'a>(&'a self, request: &'a [u8]) -> Cow<'a, [u8]> {
-        assert!(request != b"panic", "asked to panic");
-        Cow::Owned(request.to_ascii_uppercase())
+    type State = ();
+
+    fn reply<'a>(&'a self, message: &Message<'a>, _: &mut ()) -> Reply<'a> {
+        assert!(message.bytes() != b"panic", "asked to panic");
+        Reply::from(message.bytes().to_ascii_uppercase())
     }
 }
 
 fn start(workers: usize) -> (SocketAddr, poolserver::ShutdownHandle, JoinHandle<Result<Summary, Error>>) {
-    let config = Config { bind: "127.0.0.1:0".parse().unwrap(), workers, ..Config::default() };
-    let server = Server::bind_with(config, Arc::new(Fragile)).unwrap();
+    let mut config = Config::default();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.workers = workers;
+    let server = Server::bind_with(config, Fragile).unwrap();
     let (addr, stop) = (server.local_addr(), server.shutdown_handle());
     (addr, stop, thread::spawn(move || server.run()))
 }

@@ -141,7 +141,7 @@ fn bad_config_files_name_the_file_and_the_key() {
         ("read_timeout = \"soon\"\n", &["read_timeout", "'soon' is not a duration"]),
         ("bogus = 1\n", &["unknown field `bogus`", "line 1"]),
         ("workers = \"two\"\n", &["line 1", "workers = \"two\""]),
-        ("mode = \"shout\"\n", &["line 1", "shout"]),
+        ("mode = \"shout\"\n", &["mode", "shout", "use ack or echo"]),
         ("reply = \"unterminated\n", &["line 1"]),
     ];
     for (text, needles) in cases {

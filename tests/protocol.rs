@@ -110,31 +110,7 @@ fn idle_clients_neither_block_two_workers_nor_outstay_the_read_timeout() {
             "idle client {i} closed {after:?} after connecting, read_timeout is {read_timeout:?}"
         );
     }
-    server.wait_for("timed out: no request within 3s");
-}
-
-#[test]
-fn a_full_queue_answers_the_busy_reply_at_once_and_counts_it() {
-    // The only worker is stuck writing a big reply to a slow reader; the next client fills the queue.
-    let args = ["--bind", "127.0.0.1:0", "--workers", "1", "--queue", "1", "--busy-reply", "busy"];
-    let MidReply { mut server, reader: writing, first, .. } = support::server_mid_reply(8 << 20, &args);
-    let mut queued = connect(server.addr);
-    queued.write_all(b"hello").unwrap();
-    let started = Instant::now();
-    let turned_away = exchange(server.addr, b"hello").unwrap();
-    assert_eq!(turned_away, b"busy");
-    assert!(started.elapsed() < WAIT);
-    server.wait_for("turned away with the busy reply");
-    // A turned-away client that sent a long request gets the busy reply too, not a reset.
-    let long = exchange(server.addr, &[b'x'; 64 * 1024]).expect("busy reply, then EOF, never a reset");
-    assert_eq!(long, b"busy");
-
-    // Once the worker is free again, the queued client is served in full.
-    assert_eq!(first + support::read_rest(writing).unwrap(), 8 << 20);
-    assert_eq!(support::read_rest(queued).unwrap(), 8 << 20);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(WAIT).success());
-    assert!(server.log.iter().any(|l| l.contains("stopped: served 2, busy 2")), "{:#?}", server.log);
+    server.wait_for("timed out: no message within 3s");
 }
 
 #[test]

@@ -50,7 +50,7 @@ fn a_client_that_closes_before_any_header_byte_has_hung_up() {
     server.wait_for("closed the connection without sending a PROXY header");
     server.signal(libc::SIGTERM);
     server.wait_exit(WAIT);
-    assert!(server.log.iter().any(|l| l.contains("hung up 1, errors 0")), "{:#?}", server.log);
+    assert!(server.log.iter().any(|l| l.contains("hung up 1, idle closed 0, errors 0")), "{:#?}", server.log);
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn two_processes_serve_one_port_with_reuse_port() {
     first.wait_for_next(" served: ");
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(WAIT).success(), "{}", summary(&first));
-    assert!(summary(&first).contains("hung up 0, errors 0"), "{}", summary(&first));
+    assert!(summary(&first).contains("hung up 0, idle closed 0, errors 0"), "{}", summary(&first));
     second.wait_for_next(" served: ");
     let after = report(running);
     assert!(after["ok"].as_u64().unwrap() > 0, "{after}");

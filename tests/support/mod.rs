@@ -41,6 +41,10 @@ const VARS: &[&str] = &[
     "POOLSERVER_SHUTDOWN_TIMEOUT",
     "POOLSERVER_LOG_LEVEL",
     "POOLSERVER_LOG_FILE",
+    "POOLSERVER_REUSE_PORT",
+    "POOLSERVER_PROXY_PROTOCOL",
+    "POOLSERVER_KEEP_ALIVE",
+    "POOLSERVER_IDLE_TIMEOUT",
 ];
 
 /// `poolserver ARGS` with a clean environment plus `env`.

@@ -22,7 +22,7 @@ use std::{
 use log::{Level, LevelFilter, Log, Metadata, Record, error};
 use time::{OffsetDateTime, macros::format_description};
 
-use crate::error::Error;
+use poolserver::Error;
 
 /// Installs the global logger. Fails if `file` cannot be opened for appending.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {

@@ -13,7 +13,7 @@ use std::{
 use crossbeam_channel::Receiver;
 use log::{info, warn};
 
-use crate::server::ShutdownHandle;
+use poolserver::ShutdownHandle;
 
 /// Exit code when a second signal cuts the drain short.
 pub const EXIT_INTERRUPTED: i32 = 1;

@@ -8,12 +8,18 @@ use std::{
 
 use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
 use log::{error, info, warn};
-use poolserver::{
-    Config, Error, Server,
-    cli::{Cli, Command, SendArgs, ServeArgs, StressArgs},
-    client, logging, signals,
-    stress::{self, Plan},
-};
+use poolserver::{Builtin, Error, Server};
+
+mod cli;
+mod client;
+mod logging;
+mod settings;
+mod signals;
+mod stress;
+
+use cli::{Cli, Command, SendArgs, ServeArgs, StressArgs};
+use settings::Settings;
+use stress::Plan;
 
 const USAGE: u8 = 2;
 
@@ -58,20 +64,27 @@ fn run_stress(args: StressArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let config = match Config::resolve(args) {
-        Ok(config) => config,
+    let Settings { config, log_level, log_file } = match Settings::resolve(args) {
+        Ok(settings) => settings,
         Err(e) => {
             eprintln!("poolserver: {e}");
             return ExitCode::from(USAGE);
         }
     };
-    if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
+    if let Err(e) = logging::init(log_level, log_file.as_deref()) {
         eprintln!("poolserver: {e}");
         // A log file that cannot be opened is the user's to fix; anything else is the system's.
         return if matches!(e, Error::Config(_)) { ExitCode::from(USAGE) } else { ExitCode::FAILURE };
     }
     logging::log_panics();
-    let server = match Server::bind(config) {
+    // Under systemd's socket activation the socket comes from systemd; otherwise we bind our own.
+    let handler = Builtin::from_config(&config);
+    let server = match Server::from_systemd(config.clone(), handler.clone()) {
+        Ok(Some(server)) => Ok(server),
+        Ok(None) => Server::bind_with(config, handler),
+        Err(e) => Err(e),
+    };
+    let server = match server {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");

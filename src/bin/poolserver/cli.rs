@@ -2,14 +2,16 @@
 //!
 //! Every option is `Option<_>` because a missing flag is not a default: the value may still come from the
 //! environment (clap reads `POOLSERVER_*` for us, so flag beats environment), then from the config file, and
-//! only then from the built-in default. `config::Config::resolve` does that merge.
+//! only then from the built-in default. `settings::Settings::resolve` does that merge.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use log::LevelFilter;
 
-use crate::config::{self, Mode};
+use poolserver::{Mode, config};
+
+use crate::settings;
 
 #[derive(Debug, Parser)]
 #[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
@@ -20,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve clients: read one request per connection, reply, close.
+    /// Serve clients: answer one message per connection (or every message, with --keep-alive).
     Serve(ServeArgs),
     /// Send one message and print the reply: the tutorial's client.
     Send(SendArgs),
@@ -32,11 +34,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Server address, HOST:PORT
-    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = config::parse_bind)]
+    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = settings::parse_bind)]
     pub addr: SocketAddr,
 
     /// Bounds the connect and each read and write; the whole exchange gets twice this
-    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = config::parse_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = settings::parse_duration)]
     pub timeout: Duration,
 
     /// The message to send; `-` reads it from standard input
@@ -48,7 +50,7 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 pub struct StressArgs {
     /// Server address, HOST:PORT
-    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = config::parse_bind)]
+    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = settings::parse_bind)]
     pub addr: SocketAddr,
 
     /// Client threads, each looping connect, send, receive, close
@@ -61,7 +63,7 @@ pub struct StressArgs {
     pub requests: Option<u64>,
 
     /// Stop after this long (at most 1h) [default: 5s]
-    #[arg(short, long, value_name = "DUR", value_parser = config::parse_duration)]
+    #[arg(short, long, value_name = "DUR", value_parser = settings::parse_duration)]
     pub duration: Option<Duration>,
 
     /// What each client sends
@@ -81,7 +83,7 @@ pub struct StressArgs {
     pub idle: u64,
 
     /// Bounds each connect, read and write
-    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = config::parse_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = settings::parse_duration)]
     pub timeout: Duration,
 
     /// Print one JSON object on stdout instead of the table
@@ -97,24 +99,24 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:8000]
-    #[arg(short, long, env = "POOLSERVER_BIND", value_name = "ADDR", value_parser = config::parse_bind)]
+    #[arg(short, long, env = "POOLSERVER_BIND", value_name = "ADDR", value_parser = settings::parse_bind)]
     pub bind: Option<SocketAddr>,
 
     /// Worker threads [default: number of CPUs]
-    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = config::parse_workers)]
+    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = settings::parse_workers)]
     pub workers: Option<usize>,
 
     /// Accepted connections that may wait for a free worker before clients get the busy reply [default: 1024]
-    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = config::parse_queue)]
+    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = settings::parse_queue)]
     pub queue: Option<usize>,
 
     /// Listen backlog: connections the kernel holds before we accept them [default: 1024]
-    #[arg(long, env = "POOLSERVER_BACKLOG", value_name = "N", value_parser = config::parse_backlog)]
+    #[arg(long, env = "POOLSERVER_BACKLOG", value_name = "N", value_parser = settings::parse_backlog)]
     pub backlog: Option<u32>,
 
-    /// ack: answer every request with --reply; echo: send the request back [default: ack]
+    /// ack: answer every message with --reply; echo: send the message back [default: ack]
     #[arg(long, env = "POOLSERVER_MODE", value_name = "MODE")]
-    pub mode: Option<Mode>,
+    pub mode: Option<ModeArg>,
 
     /// Reply in mode ack, sent as UTF-8 without a newline [default: 信息已收到]
     #[arg(long, env = "POOLSERVER_REPLY", value_name = "TEXT")]
@@ -124,25 +126,35 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_BUSY_REPLY", value_name = "TEXT")]
     pub busy_reply: Option<String>,
 
-    /// Most bytes read as the request (one read) [default: 1024]
-    #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = config::parse_max_request)]
+    /// Most bytes read as one message (one read) [default: 1024]
+    #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = settings::parse_max_request)]
     pub max_request: Option<usize>,
 
-    /// How long a client may take to send its request, counted from when it connected [default: 5s]
-    #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = config::parse_duration)]
+    /// How long a client may take to send its first message, counted from when it connected [default: 5s]
+    #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
     pub read_timeout: Option<Duration>,
 
-    /// How long writing the whole reply may take [default: 5s]
-    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", value_name = "DUR", value_parser = config::parse_duration)]
+    /// How long writing one whole reply may take; a reply cut short ends in a reset [default: 5s]
+    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
     pub write_timeout: Option<Duration>,
 
     /// How long a shutdown may wait for open connections before abandoning them [default: 10s]
-    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", value_name = "DUR", value_parser = config::parse_duration)]
+    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
 
     /// off, error, warn, info (one line per connection), debug or trace [default: info]
-    #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_name = "LEVEL", value_parser = config::parse_log_level)]
+    #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_name = "LEVEL", value_parser = settings::parse_log_level)]
     pub log_level: Option<LevelFilter>,
+
+    /// Keep each connection open and answer every message until the client hangs up [default: false]
+    #[arg(long, env = "POOLSERVER_KEEP_ALIVE", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub keep_alive: Option<bool>,
+
+    /// With --keep-alive: how long a conversation may be silent after a reply before it is closed
+    /// [default: 60s]
+    #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
+    pub idle_timeout: Option<Duration>,
 
     /// Also append the log to this file
     #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]
@@ -158,4 +170,22 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_PROXY_PROTOCOL", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub proxy_protocol: Option<bool>,
+}
+
+/// The built-in protocols, as the command line names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Reply with the configured text, whatever the message.
+    Ack,
+    /// Reply with the message's bytes.
+    Echo,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Mode {
+        match mode {
+            ModeArg::Ack => Mode::Ack,
+            ModeArg::Echo => Mode::Echo,
+        }
+    }
 }

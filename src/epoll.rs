@@ -1,0 +1,125 @@
+//! A thin safe face on Linux epoll with one-shot registrations, and an eventfd to wake the thread that waits.
+//!
+//! The waiting room arms a connection's descriptor for one event (EPOLLONESHOT): when it fires, the
+//! connection leaves the room and the descriptor stays registered but disarmed, so the next wait re-arms it
+//! with one `EPOLL_CTL_MOD` instead of a delete and an add. Level-triggered, so input that a worker left
+//! unread (the next message of a conversation) is reported again as soon as the descriptor is re-armed.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+/// What a connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// Input, or the client's end of input.
+    Readable,
+    /// Room in the send buffer.
+    Writable,
+}
+
+impl Interest {
+    fn events(self) -> u32 {
+        let wanted = match self {
+            Interest::Readable => libc::EPOLLIN,
+            Interest::Writable => libc::EPOLLOUT,
+        };
+        (wanted | libc::EPOLLONESHOT) as u32
+    }
+}
+
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked before it is owned.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Registers `fd` for one event of `interest`, reported with `token`.
+    pub(crate) fn add(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_ADD, fd, interest, token)
+    }
+
+    /// Re-arms a registered `fd` for one more event.
+    pub(crate) fn rearm(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_MOD, fd, interest, token)
+    }
+
+    fn control(&self, op: libc::c_int, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events: interest.events(), u64: token };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) }).map(drop)
+    }
+
+    /// Waits up to `timeout` (forever when `None`) and fills `events` with what fired; see [`token`].
+    pub(crate) fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout: Option<Duration>) -> io::Result<()> {
+        // Round up, so that a deadline less than a millisecond away is waited for rather than spun on.
+        let millis = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+        events.clear();
+        let capacity = events.capacity().clamp(1, i32::MAX as usize);
+        // SAFETY: the kernel writes at most `capacity` events into the vector's spare capacity.
+        let n = cvt(unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), capacity as i32, millis)
+        })?;
+        // SAFETY: the kernel initialised the first `n` (at most `capacity`) elements.
+        unsafe { events.set_len(n as usize) };
+        Ok(())
+    }
+}
+
+/// The token an event was registered with.
+pub(crate) fn token(event: &libc::epoll_event) -> u64 {
+    event.u64
+}
+
+/// An eventfd registered with an `Epoll`: `wake` makes the waiting thread's `wait` return.
+pub(crate) struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    /// A waker reported as `token` on `epoll`. It stays armed: a wake is seen however often it comes.
+    pub(crate) fn new(epoll: &Epoll, token: u64) -> io::Result<Waker> {
+        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let waker = Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        cvt(unsafe {
+            libc::epoll_ctl(epoll.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, waker.fd.as_raw_fd(), &mut event)
+        })?;
+        Ok(waker)
+    }
+
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of a live u64. A full counter (EAGAIN) means a wake is pending anyway.
+        let rc = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears pending wakes, so that the next `wait` sleeps until a new one.
+    pub(crate) fn reset(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64. Nothing to read (EAGAIN) is fine.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}

@@ -1,0 +1,58 @@
+//! What every connection is served with: the protocol, the replies and limits, the timeouts, the counters,
+//! and whether the server is stopping. Built once from the `Config`; read by the workers and the waiting
+//! room, never changed while the server runs except for the stop flag.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering::SeqCst},
+    time::Duration,
+};
+
+use crate::{config::Config, handler::Protocol, stats::Stats};
+
+/// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
+/// a reset): at least this much, and twice `max_request` when that is more.
+const LEFTOVER_LIMIT: usize = 4 << 20;
+
+pub(crate) struct Service {
+    pub(crate) protocol: Box<dyn Protocol>,
+    pub(crate) busy_reply: Box<[u8]>,
+    pub(crate) max_request: usize,
+    pub(crate) keep_alive: bool,
+    /// Every connection starts with a PROXY protocol header.
+    pub(crate) proxy_protocol: bool,
+    pub(crate) read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    /// How long the listener's TCP_DEFER_ACCEPT holds a silent client in the kernel, when it is on.
+    pub(crate) defer_accept: Option<Duration>,
+    pub(crate) leftover_limit: usize,
+    pub(crate) stats: Stats,
+    stopping: AtomicBool,
+}
+
+impl Service {
+    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>, defer_accept: Option<Duration>) -> Service {
+        Service {
+            protocol,
+            busy_reply: config.busy_reply.as_bytes().into(),
+            max_request: config.max_request,
+            keep_alive: config.keep_alive,
+            proxy_protocol: config.proxy_protocol,
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+            idle_timeout: config.idle_timeout,
+            defer_accept,
+            leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
+            stats: Stats::default(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(SeqCst)
+    }
+
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.store(true, SeqCst);
+    }
+}
