@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{MidReply, REPLY, Server, WAIT, connect, exchange};
+use support::{REPLY, Server, WAIT, connect, exchange};
 
 #[test]
 fn the_tutorials_client_gets_the_tutorials_reply() {
