@@ -23,15 +23,13 @@ pub(crate) struct Service {
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
-    /// How long the listener's TCP_DEFER_ACCEPT holds a silent client in the kernel, when it is on.
-    pub(crate) defer_accept: Option<Duration>,
     pub(crate) leftover_limit: usize,
     pub(crate) stats: Stats,
     stopping: AtomicBool,
 }
 
 impl Service {
-    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>, defer_accept: Option<Duration>) -> Service {
+    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>) -> Service {
         Service {
             protocol,
             busy_reply: config.busy_reply.as_bytes().into(),
@@ -41,7 +39,6 @@ impl Service {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
-            defer_accept,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
             stats: Stats::default(),
             stopping: AtomicBool::new(false),

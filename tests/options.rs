@@ -88,7 +88,7 @@ fn the_shipped_config_file_parses_and_sets_the_defaults() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/poolserver.toml");
     let mut server = Server::start(&["--config", shipped, "--bind", "127.0.0.1:0"]);
     let line = server.wait_for("listening on");
-    assert!(line.contains("queue 1024, backlog 1024, mode ack"), "{line}");
+    assert!(line.contains("queue 1024, backlog 4096, mode ack"), "{line}");
     assert_eq!(reply_of(&server), REPLY);
 }
 
