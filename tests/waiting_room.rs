@@ -225,7 +225,7 @@ fn send_then_read(addr: std::net::SocketAddr, size: usize) -> std::io::Result<Ve
 fn clients_sending_up_to_twice_max_request_get_the_reply_and_no_reset() {
     let server = Server::start(&["--bind", "127.0.0.1:0", "--max-request", "16777216"]);
     let addr = server.addr;
-    let senders: Vec<_> = (0..20).map(|_| thread::spawn(move || send_then_read(addr, 1 << 20))).collect();
+    let senders: Vec<_> = (0..100).map(|_| thread::spawn(move || send_then_read(addr, 1 << 20))).collect();
     for (i, sender) in senders.into_iter().enumerate() {
         let reply = sender.join().unwrap().unwrap_or_else(|e| panic!("client {i} of 1 MiB: {e}"));
         assert_eq!(reply, REPLY.as_bytes(), "client {i}");
@@ -240,4 +240,21 @@ fn clients_sending_up_to_twice_max_request_get_the_reply_and_no_reset() {
         let reply = sender.join().unwrap().unwrap_or_else(|e| panic!("echo client {i}: {e}"));
         assert!(!reply.is_empty() && reply.len() <= 65536, "echo client {i}: {} B", reply.len());
     }
+}
+
+#[test]
+fn a_client_still_sending_its_long_message_when_the_reply_is_out_is_not_reset() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--max-request", "65536"]);
+    let mut stream = connect(server.addr);
+    // The first part is all the server reads (less than max_request), and long enough that more may follow.
+    stream.write_all(&[b'x'; 4096]).unwrap();
+    // The reply has arrived (left unread) when the client sends the rest of its message.
+    let mut poll = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, WAIT.as_millis() as i32) };
+    assert_eq!(ready, 1, "no reply within {WAIT:?}");
+    stream.write_all(&vec![b'y'; 2 << 20]).expect("the rest of the message is taken in, not refused");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("the reply and a clean close, not a reset");
+    assert_eq!(reply, REPLY.as_bytes());
 }
