@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use crossbeam_utils::CachePadded;
+
 use crate::{config::Config, handler::Protocol, stats::Stats};
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
@@ -24,7 +26,9 @@ pub(crate) struct Service {
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) leftover_limit: usize,
-    pub(crate) stats: Stats,
+    /// On cache lines of their own: every connection bumps a counter, from a worker or the waiting room,
+    /// and that must not drag the read-mostly fields above between cores.
+    pub(crate) stats: CachePadded<Stats>,
     stopping: AtomicBool,
 }
 
@@ -40,7 +44,7 @@ impl Service {
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
-            stats: Stats::default(),
+            stats: CachePadded::new(Stats::default()),
             stopping: AtomicBool::new(false),
         }
     }
