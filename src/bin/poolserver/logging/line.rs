@@ -3,7 +3,7 @@
 //! Each thread formats into a buffer of its own, with the date and time formatted (by the `time` crate) once
 //! a second and only the microseconds per line, then hands the finished line to a sink in one copy. The
 //! server log, a few lines a second at most, goes through simplelog instead (see `server_log`). When stderr
-//! is the journal, a line starts with its syslog priority (`<6>` for info), which journald stores as the
+//! is the journal, a line starts with its syslog priority (`<5>` for info), which journald stores as the
 //! entry's priority, and carries no time of its own: the journal records one.
 
 use std::{
@@ -23,7 +23,7 @@ use super::sink::Sink;
 pub enum Style {
     /// `2026-11-25T09:24:05.264332Z [INFO] ` (UTC): for a terminal, a pipe or a file.
     Timestamped,
-    /// `<6>`: for stderr that is the journal.
+    /// `<5>`: for stderr that is the journal.
     Priority,
 }
 
@@ -101,13 +101,15 @@ impl LineBuffer {
     }
 }
 
-/// The syslog priority journald stores for a level.
+/// The syslog priority journald stores for a level: the mapping systemd-journal-logger uses for the native
+/// entries, so both ways into the journal agree (info is notice, which leaves info for debug).
 pub fn syslog_priority(level: Level) -> u8 {
     match level {
         Level::Error => 3,
         Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
+        Level::Info => 5,
+        Level::Debug => 6,
+        Level::Trace => 7,
     }
 }
 
@@ -132,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_journal_line_starts_with_its_priority_and_has_no_time() {
-        assert_eq!(line(Style::Priority, Level::Info, format_args!("up")), "<6>up\n");
+        assert_eq!(line(Style::Priority, Level::Info, format_args!("up")), "<5>up\n");
         assert_eq!(line(Style::Priority, Level::Error, format_args!("down")), "<3>down\n");
     }
 }

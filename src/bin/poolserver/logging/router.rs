@@ -40,7 +40,7 @@ impl ServerLog {
             &Record::builder()
                 .level(level)
                 .target(module_path!())
-                .args(format_args!("({suppressed}) {sample}"))
+                .args(format_args!("log: {suppressed}: {sample}"))
                 .build(),
             access,
         );

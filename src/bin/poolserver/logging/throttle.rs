@@ -3,8 +3,9 @@
 //! Clients can trigger warnings at will (busy turn-aways, PROXY garbage, replies they never read), so each
 //! call site gets a window: the first record opens it and is logged, the rest within a second are only
 //! counted. The count rides on the next record logged from there, `(812 more like this in the last 1.0s were
-//! not logged)`; if none comes within `REPORT_AFTER`, a thread of its own logs the count alone. A sustained
-//! flood thus costs one line a second per kind, and the last count is never lost.
+//! not logged)`; if none comes within `REPORT_AFTER`, a thread of its own logs the count alone, `log: 11 more
+//! like this ...: ` and the record that opened the window. A sustained flood thus costs one line a second per
+//! kind, and the last count is never lost.
 
 use std::{
     collections::HashMap,
