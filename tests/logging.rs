@@ -425,3 +425,47 @@ fn under_systemd_the_server_log_goes_to_the_journal_as_entries_with_their_priori
     BufReader::new(stderr).read_to_string(&mut written).unwrap();
     assert_eq!(written, "", "the server log went to stderr too");
 }
+
+#[test]
+fn logrotate_with_the_shipped_settings_rotates_a_running_server_without_losing_a_line() {
+    let Ok(status) = Command::new("logrotate").arg("--version").stdout(Stdio::null()).status() else {
+        eprintln!("SKIP: logrotate is not installed (Debian package logrotate)");
+        return;
+    };
+    assert!(status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let mut server = Server::start(&["--bind", "127.0.0.1:0", "--access-log", access.to_str().unwrap()]);
+    serve_clients(server.client_addr(), 50);
+    let served = |path: &Path| read(path).lines().filter(|l| l.contains(" served: ")).count();
+    assert!(eventually(WAIT, || served(&access) == 50), "{}", read(&access));
+
+    // config/logrotate as shipped, but for this directory and signalling this process.
+    let shipped = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/logrotate")).unwrap();
+    let signal = "systemctl kill --kill-whom=main --signal=SIGUSR1 poolserver.service";
+    assert!(shipped.contains("/var/log/poolserver/*.log {") && shipped.contains(signal), "{shipped}");
+    let config = shipped
+        .replace("/var/log/poolserver/*.log", &format!("{}/*.log", dir.path().display()))
+        .replace(signal, &format!("kill -USR1 {}", server.pid()));
+    let config_path = dir.path().join("logrotate.conf");
+    fs::write(&config_path, config).unwrap();
+    let mut logrotate = KillOnDrop(
+        Command::new("logrotate")
+            .args(["--force", "--state"])
+            .arg(dir.path().join("logrotate.state"))
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_child(&mut logrotate.0, WAIT).expect("logrotate did not finish");
+    assert!(status.success(), "logrotate: {status}");
+    server.wait_for("reopening the log files");
+
+    serve_clients(server.client_addr(), 50);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(WAIT).success(), "{:#?}", server.log);
+    // delaycompress: the newest old file stays uncompressed.
+    let rotated = dir.path().join("access.log.1");
+    assert_eq!((served(&rotated), served(&access)), (50, 50), "{}\n---\n{}", read(&rotated), read(&access));
+}
