@@ -23,7 +23,8 @@ start, or did not stop cleanly on SIGTERM; errors of the --compare server are sh
   --bin PATH           poolserver binary to test and to load with (default: cargo build --release, then
                        target/release/poolserver)
   --server-args ARGS   extra arguments for `poolserver serve`, as shell words (default: none, the defaults);
-                       e.g. "--log-level warn" (without the "listening on" line, the port is found in /proc)
+                       e.g. "--access-log off" (no line per connection), or "--access-log off --log-level
+                       warn" (without the "listening on" line, the port is found in /proc)
   --compare COMMAND    a second server to run the same scenarios against. {addr} (also {host}, {port}) is
                        replaced by a free loopback port; the command is run with `exec` from the repository
                        root, so it must be one program (its PID is the one measured). Ready once a TCP

@@ -15,6 +15,8 @@ Installs, under DIR (default: the root directory):
                                                  does not exist yet: an existing config is kept as it is
   DIR/etc/systemd/system/poolserver.socket       the units (mode 0644), replaced on every run
   DIR/etc/systemd/system/poolserver.service
+  DIR/etc/logrotate.d/poolserver                 config/logrotate (mode 0644), replaced on every run: it
+                                                 rotates the access log the service writes
 
 then prints the systemctl commands that start the service. It never runs systemctl itself.
 
@@ -90,6 +92,7 @@ fi
 for unit in poolserver.socket poolserver.service; do
     act install -D -m 0644 "$root/config/$unit" "$prefix/etc/systemd/system/$unit"
 done
+act install -D -m 0644 "$root/config/logrotate" "$prefix/etc/logrotate.d/poolserver"
 
 if $dry_run; then
     echo
@@ -103,7 +106,8 @@ Next steps (as root):
   systemctl daemon-reload                     # read the new or changed units
   systemctl enable --now poolserver.socket    # listen now and at every boot; a connection starts the server
   systemctl status poolserver                 # state, and the server's STATUS line
-  journalctl -u poolserver                    # the log
+  journalctl -u poolserver                    # the server log
+  tail -f /var/log/poolserver/access.log      # the access log
 
 After an upgrade, `systemctl restart poolserver` starts the new binary; clients that connect meanwhile
 wait on the socket.

@@ -305,11 +305,11 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
             return Header::Read(conn);
         }
         HeaderRead::Closed => {
-            info!("{conn} closed the connection without sending a PROXY header");
+            info!(target: "access", "{conn} closed the connection without sending a PROXY header");
             ended(service, Ending::HungUp)
         }
         HeaderRead::Failed(reason) => {
-            warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
+            warn!(target: "access", "{}: PROXY protocol error: {reason}; closed", conn.peer);
             ended(service, Ending::Error)
         }
         HeaderRead::Io(e) => failed(&conn, service, "reading the PROXY header", &e),
@@ -335,7 +335,7 @@ fn client_closed(conn: Conn, service: &Service) -> Step {
             ended(service, Ending::Served)
         }
         _ => {
-            info!("{conn} closed the connection without sending a message");
+            info!(target: "access", "{conn} closed the connection without sending a message");
             ended(service, Ending::HungUp)
         }
     }
@@ -473,7 +473,7 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
                 Ok(n) => {
                     discarded += n;
                     if discarded >= service.leftover_limit {
-                        warn!("{conn}: sent more than {} B after its reply; closed", service.leftover_limit);
+                        warn!(target: "access", "{conn}: sent more than {} B after its reply; closed", service.leftover_limit);
                         return Step::Done;
                     }
                 }
@@ -493,7 +493,7 @@ pub(crate) fn expired(conn: Conn, service: &Service) {
     match conn.phase {
         Phase::New => {
             let awaited = if conn.expects_proxy_header() { "PROXY header" } else { "message" };
-            info!("{conn} timed out: no {awaited} within {:?}", service.read_timeout);
+            info!(target: "access", "{conn} timed out: no {awaited} within {:?}", service.read_timeout);
             service.stats.count(Ending::TimedOut);
         }
         Phase::Idle(_) => {
@@ -507,6 +507,7 @@ pub(crate) fn expired(conn: Conn, service: &Service) {
                 .and_then(|rare| rare.pending.as_ref())
                 .map_or((0, 0), |pending| (pending.written, pending.rest.len()));
             warn!(
+                target: "access",
                 "{conn} timed out: wrote {written} of {} reply bytes in {:?}; reset, so the client can tell",
                 written + left,
                 service.write_timeout
@@ -516,7 +517,7 @@ pub(crate) fn expired(conn: Conn, service: &Service) {
             service.stats.count(Ending::TimedOut);
         }
         Phase::Lingering { discarded, .. } => {
-            info!("{conn}: stopped discarding its input after {discarded} B and {:?}", service.read_timeout);
+            info!(target: "access", "{conn}: stopped discarding its input after {discarded} B and {:?}", service.read_timeout);
         }
     }
 }
@@ -536,10 +537,15 @@ pub(crate) fn stop_idle(conn: Conn, service: &Service) -> Ready {
 
 /// Answers a message that found every worker busy and the queue full, then closes as a served connection
 /// closes, so that a client that sent a long message still gets the busy reply rather than a reset. The
-/// short reply fits the send buffer of a connection that has no reply in flight.
+/// short reply fits the send buffer of a connection that has no reply in flight. A client that only
+/// closed its side has sent no message: it is not turned away, just closed.
 pub(crate) fn turn_away(conn: Conn, service: &Service) -> Step {
+    let mut byte = [0; 1];
+    if matches!(conn.stream.peek(&mut byte), Ok(0)) {
+        return client_closed(conn, service);
+    }
     let _ = (&conn.stream).write(&service.busy_reply);
-    warn!("{conn} turned away with the busy reply: every worker busy and the queue full");
+    warn!(target: "access", "{conn} turned away with the busy reply: every worker busy and the queue full");
     service.stats.count(Ending::Busy);
     close_gracefully(conn, service, true)
 }
@@ -567,10 +573,10 @@ fn ended(service: &Service, ending: Ending) -> Step {
 /// Logs an I/O failure at the right level: a client that hung up is routine, anything else is worth a warning.
 fn failed(conn: &Conn, service: &Service, doing: &str, error: &io::Error) -> Step {
     if is_client_disconnect(error) {
-        info!("{conn} hung up while we were {doing}: {error}");
+        info!(target: "access", "{conn} hung up while we were {doing}: {error}");
         ended(service, Ending::HungUp)
     } else {
-        warn!("{conn}: failed {doing}: {error}");
+        warn!(target: "access", "{conn}: failed {doing}: {error}");
         ended(service, Ending::Error)
     }
 }

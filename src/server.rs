@@ -141,6 +141,8 @@ impl Server {
             notifier.ready(&format!("serving on {addr}"));
         }
         self.accept_until_stopped(&pool, &open, &mut notifier);
+        // Logged here, where the stop is acted on, so it always comes before the `stopping:` line.
+        info!("stop requested: finishing open connections");
         if let Some(notifier) = &notifier {
             notifier.stopping(&format!("stopping: draining {} open connections", pool.open_connections()));
         }

@@ -230,6 +230,7 @@ fn a_message_that_finds_every_worker_busy_and_the_queue_full_gets_the_busy_reply
     let mut reply = Vec::new();
     turned_away.read_to_end(&mut reply).expect("the busy reply and a clean close");
     assert_eq!(reply, b"busy");
+    drop(turned_away);
 
     release.send(()).unwrap();
     assert_eq!(read_exactly(&mut holding, 2), b"ok");

@@ -213,6 +213,7 @@ fn expected_install() -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
             PathBuf::from("etc/systemd/system/poolserver.service"),
             (0o644, repo_file("config/poolserver.service")),
         ),
+        (PathBuf::from("etc/logrotate.d/poolserver"), (0o644, repo_file("config/logrotate"))),
     ])
 }
 

@@ -41,6 +41,7 @@ const VARS: &[&str] = &[
     "POOLSERVER_SHUTDOWN_TIMEOUT",
     "POOLSERVER_LOG_LEVEL",
     "POOLSERVER_LOG_FILE",
+    "POOLSERVER_ACCESS_LOG",
     "POOLSERVER_REUSE_PORT",
     "POOLSERVER_PROXY_PROTOCOL",
     "POOLSERVER_KEEP_ALIVE",
@@ -85,6 +86,20 @@ impl Server {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn poolserver");
         let stderr = child.stderr.take().expect("piped stderr");
+        Server::watch(child, stderr)
+    }
+
+    /// Starts a prepared `poolserver serve` command whose stderr is the write end of a pipe the test made,
+    /// reads the other end, and waits until it listens.
+    pub fn start_with_stderr(mut cmd: Command, stderr: io::PipeWriter, reader: io::PipeReader) -> Server {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        let child = cmd.spawn().expect("spawn poolserver");
+        // Our copy of the write end closed, EOF comes when the server exits.
+        drop(cmd);
+        Server::watch(child, reader)
+    }
+
+    fn watch(child: Child, stderr: impl Read + Send + 'static) -> Server {
         let (tx, lines) = crossbeam_channel::unbounded();
         thread::spawn(move || {
             for line in BufReader::new(stderr).split(b'\n') {
@@ -159,6 +174,25 @@ impl Server {
     }
 }
 
+/// A child process killed by its PID when dropped, for tests that do not read its stderr.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Sends `signal` to the process `pid`.
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with the PID of a child the caller has not reaped yet.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}) failed: {}", io::Error::last_os_error());
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -172,22 +206,32 @@ impl Drop for Server {
 /// descriptor 3, with LISTEN_FDS=1 and LISTEN_PID set to its own PID (by a shell that `exec`s it).
 pub fn socket_activated(listener: &TcpListener, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut shell = Command::new("sh");
-    for var in VARS {
-        shell.env_remove(var);
-    }
-    shell.envs(env.iter().copied());
+    clean_env(&mut shell, env);
     shell.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve \"$@\"", BIN]).args(args);
+    pass_listener(&mut shell, listener);
+    shell
+}
+
+/// Clears every variable the binary reads from `cmd`'s environment, then adds `env`.
+pub fn clean_env(cmd: &mut Command, env: &[(&str, &str)]) {
+    for var in VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+}
+
+/// Makes `listener` the file descriptor 3 of the process `cmd` starts, as systemd passes a socket.
+pub fn pass_listener(cmd: &mut Command, listener: &TcpListener) {
     let fd = listener.as_raw_fd();
     // SAFETY: dup2 and fcntl are async-signal-safe, as required between fork and exec.
     unsafe {
-        shell.pre_exec(move || {
+        cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    shell
 }
 
 /// Polls for `child`'s exit until `within` has passed; `None` if it is still running.

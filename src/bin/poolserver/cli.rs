@@ -11,7 +11,7 @@ use log::LevelFilter;
 
 use poolserver::{Mode, config};
 
-use crate::settings;
+use crate::settings::{self, AccessLog};
 
 #[derive(Debug, Parser)]
 #[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
@@ -161,7 +161,8 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
 
-    /// off, error, warn, info (one line per connection), debug or trace [default: info]
+    /// The server log's level: off, error, warn, info, debug or trace (the access log has --access-log)
+    /// [default: info]
     #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_name = "LEVEL", value_parser = settings::parse_log_level)]
     pub log_level: Option<LevelFilter>,
 
@@ -175,9 +176,14 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
     pub idle_timeout: Option<Duration>,
 
-    /// Also append the log to this file
+    /// Also append the server log to this file (reopened on SIGUSR1)
     #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// The access log, one line per connection (per message with --keep-alive): stderr, off, or a file to
+    /// append to (reopened on SIGUSR1) [default: stderr]
+    #[arg(long, env = "POOLSERVER_ACCESS_LOG", value_name = "DEST", value_parser = settings::parse_access_log)]
+    pub access_log: Option<AccessLog>,
 
     /// Set SO_REUSEPORT so several poolserver processes can serve one port [default: false]
     #[arg(long, env = "POOLSERVER_REUSE_PORT", value_name = "BOOL", num_args = 0..=1,

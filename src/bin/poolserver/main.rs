@@ -4,6 +4,7 @@
 use std::{
     io::{self, IsTerminal},
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
@@ -18,10 +19,14 @@ mod signals;
 mod stress;
 
 use cli::{Cli, Command, SendArgs, ServeArgs, StressArgs};
+use logging::Logs;
 use settings::Settings;
 use stress::Plan;
 
 const USAGE: u8 = 2;
+
+/// How long the exit waits for the logs to write what they hold; a destination that stalls longer loses it.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -64,19 +69,28 @@ fn run_stress(args: StressArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let Settings { config, log_level, log_file } = match Settings::resolve(args) {
+    let Settings { config, log } = match Settings::resolve(args) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("poolserver: {e}");
             return ExitCode::from(USAGE);
         }
     };
-    if let Err(e) = logging::init(log_level, log_file.as_deref()) {
-        eprintln!("poolserver: {e}");
-        // A log file that cannot be opened is the user's to fix; anything else is the system's.
-        return if matches!(e, Error::Config(_)) { ExitCode::from(USAGE) } else { ExitCode::FAILURE };
-    }
+    let logs = match logging::init(&log) {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("poolserver: {e}");
+            // A log file that cannot be opened is the user's to fix; anything else is the system's.
+            return if matches!(e, Error::Config(_)) { ExitCode::from(USAGE) } else { ExitCode::FAILURE };
+        }
+    };
     logging::log_panics();
+    let code = run_server(config, &logs);
+    logs.finish(FINAL_FLUSH);
+    code
+}
+
+fn run_server(config: poolserver::Config, logs: &Logs) -> ExitCode {
     // Under systemd's socket activation the socket comes from systemd; otherwise we bind our own.
     let handler = Builtin::from_config(&config);
     let server = match Server::from_systemd(config.clone(), handler.clone()) {
@@ -91,7 +105,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = signals::install(server.shutdown_handle()) {
+    if let Err(e) = signals::install(server.shutdown_handle(), logs.clone()) {
         error!("cannot handle stop signals: {e}");
         return ExitCode::FAILURE;
     }

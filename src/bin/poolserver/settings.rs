@@ -1,5 +1,5 @@
 //! The settings of `poolserver serve`: flags, environment, config file and defaults merged into the
-//! library's `Config` and the logging setup, with every value checked.
+//! library's `Config` and the logs' settings, with every value checked.
 //!
 //! Precedence is flag > environment variable > config file > built-in default. clap already folds the
 //! environment into the flag values (see `cli`), so this module merges those with the file and the defaults.
@@ -26,8 +26,23 @@ use crate::cli::ServeArgs;
 #[derive(Debug)]
 pub struct Settings {
     pub config: Config,
-    pub log_level: LevelFilter,
-    pub log_file: Option<PathBuf>,
+    pub log: LogSettings,
+}
+
+/// The two logs: the server log (level and optional file; always stderr too) and the access log.
+#[derive(Debug)]
+pub struct LogSettings {
+    pub level: LevelFilter,
+    pub file: Option<PathBuf>,
+    pub access: AccessLog,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Stderr,
+    Off,
+    File(PathBuf),
 }
 
 impl Settings {
@@ -54,6 +69,8 @@ impl Settings {
         let file_mode = file.mode.as_deref().map(parse_mode).transpose().map_err(|m| key("mode", m))?;
         let file_log_level =
             file.log_level.as_deref().map(parse_log_level).transpose().map_err(|m| key("log_level", m))?;
+        let file_access_log =
+            file.access_log.as_deref().map(parse_access_log).transpose().map_err(|m| key("access_log", m))?;
 
         let mut config = Config::default();
         let c = &mut config;
@@ -92,11 +109,12 @@ impl Settings {
         c.reuse_port = args.reuse_port.or(file.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol = args.proxy_protocol.or(file.proxy_protocol).unwrap_or(c.proxy_protocol);
         config.validate()?;
-        Ok(Settings {
-            config,
-            log_level: args.log_level.or(file_log_level).unwrap_or(LevelFilter::Info),
-            log_file: args.log_file.clone().or(file.log_file),
-        })
+        let log = LogSettings {
+            level: args.log_level.or(file_log_level).unwrap_or(LevelFilter::Info),
+            file: args.log_file.clone().or(file.log_file),
+            access: args.access_log.clone().or(file_access_log).unwrap_or(AccessLog::Stderr),
+        };
+        Ok(Settings { config, log })
     }
 }
 
@@ -119,6 +137,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     log_level: Option<String>,
     log_file: Option<PathBuf>,
+    access_log: Option<String>,
     reuse_port: Option<bool>,
     proxy_protocol: Option<bool>,
 }
@@ -227,6 +246,16 @@ pub fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
         .map_err(|_| format!("'{text}' is not a log level; use off, error, warn, info, debug or trace"))
 }
 
+/// `stderr`, `off`, or the path of a file to append to (`./off` for a file named off).
+pub fn parse_access_log(text: &str) -> Result<AccessLog, String> {
+    match text.trim() {
+        "" => Err("must not be empty; use stderr, off or the path of a file".to_owned()),
+        "stderr" => Ok(AccessLog::Stderr),
+        "off" => Ok(AccessLog::Off),
+        _ => Ok(AccessLog::File(PathBuf::from(text))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +286,14 @@ mod tests {
         assert!(parse_bind("[::1]:8000").unwrap().is_ipv6());
         assert!(parse_bind("localhost:8000").is_ok());
         assert!(parse_bind("nonsense").unwrap_err().contains("expected HOST:PORT"));
+    }
+
+    #[test]
+    fn the_access_log_is_stderr_off_or_a_file() {
+        assert_eq!(parse_access_log("stderr"), Ok(AccessLog::Stderr));
+        assert_eq!(parse_access_log(" off "), Ok(AccessLog::Off));
+        assert_eq!(parse_access_log("./off"), Ok(AccessLog::File(PathBuf::from("./off"))));
+        assert!(parse_access_log(" ").unwrap_err().contains("stderr, off or the path"));
     }
 
     #[test]

@@ -1,50 +1,46 @@
-//! SIGINT and SIGTERM (and SIGHUP): the first starts a graceful shutdown, a second one exits at once.
+//! Signals: SIGINT, SIGTERM and SIGHUP stop the server (the first gracefully, a second at once); SIGUSR1
+//! reopens the log files, as logrotate expects.
 //!
-//! The handler acts first and logs second, on a thread of its own: a log write can block (stderr is a pipe
-//! nobody reads, a paused terminal), and neither the stop nor the exit on a second signal may wait for it.
+//! signal-hook's handler only wakes a thread of our own, which does the rest. The first stop signal only
+//! asks the server to stop and logs nothing: the server logs the stop when it acts on it, so the stop lines
+//! come in the order things happen. A second one logs why the process exits, gives the logs a bounded moment
+//! to get that out, and exits.
 
-use std::{
-    process,
-    sync::atomic::{AtomicUsize, Ordering::SeqCst},
-    thread,
-    time::Duration,
+use std::{io, process, thread, time::Duration};
+
+use log::warn;
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1},
+    iterator::Signals,
 };
 
-use crossbeam_channel::Receiver;
-use log::{info, warn};
-
 use poolserver::ShutdownHandle;
+
+use crate::logging::Logs;
 
 /// Exit code when a second signal cuts the drain short.
 pub const EXIT_INTERRUPTED: i32 = 1;
 
-/// How long the exit on a second signal waits for its log line.
+/// How long the exit on a second signal waits for the logs.
 const LAST_WORDS: Duration = Duration::from_millis(500);
 
-/// Routes stop signals to `handle`. Call once per process.
-pub fn install(handle: ShutdownHandle) -> Result<(), ctrlc::Error> {
-    let received = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if received.fetch_add(1, SeqCst) == 0 {
-            handle.shutdown();
-            log_aside(|| {
-                info!("stop signal received: finishing open connections (signal again to exit at once)")
-            });
-        } else {
-            let logged =
-                log_aside(|| warn!("second stop signal received: exiting now, abandoning open connections"));
-            let _ = logged.recv_timeout(LAST_WORDS);
-            process::exit(EXIT_INTERRUPTED);
+/// Routes stop signals to `handle` and SIGUSR1 to `logs`. Call once per process.
+pub fn install(handle: ShutdownHandle, logs: Logs) -> io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])?;
+    thread::Builder::new().name("signals".to_owned()).spawn(move || {
+        let mut stopping = false;
+        for signal in signals.forever() {
+            if signal == SIGUSR1 {
+                logs.reopen();
+            } else if !stopping {
+                stopping = true;
+                handle.shutdown();
+            } else {
+                warn!("second stop signal received: exiting now, abandoning open connections");
+                logs.finish(LAST_WORDS);
+                process::exit(EXIT_INTERRUPTED);
+            }
         }
-    })
-}
-
-/// Runs `log` on a thread of its own; the receiver hears when it is done.
-fn log_aside(log: impl FnOnce() + Send + 'static) -> Receiver<()> {
-    let (done, logged) = crossbeam_channel::bounded(1);
-    thread::spawn(move || {
-        log();
-        let _ = done.send(());
-    });
-    logged
+    })?;
+    Ok(())
 }

@@ -1,0 +1,69 @@
+//! The byte destinations a sink writes to: stderr, and a log file that can be opened anew by its path.
+//!
+//! A log file is opened when logging starts, so a path that cannot be opened is a configuration error at
+//! startup. SIGUSR1 opens the path again (logrotate renamed the file): from then on lines go to a new file
+//! there, while the old one, renamed, is left complete.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use log::Level;
+
+use super::{
+    line::{Style, with_line},
+    sink::Destination,
+};
+
+/// An open file descriptor (stderr, or a log file) and, for a log file, its path.
+pub struct Output {
+    file: File,
+    path: Option<PathBuf>,
+    /// How lines start here, for the line that reports lost ones.
+    style: Style,
+}
+
+impl Output {
+    pub fn stderr(file: File, style: Style) -> Output {
+        Output { file, path: None, style }
+    }
+
+    /// Opens `path` for appending, creating it if needed.
+    pub fn open(path: &Path) -> io::Result<Output> {
+        Ok(Output { file: append(path)?, path: Some(path.to_owned()), style: Style::Timestamped })
+    }
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Destination for Output {
+    type Batch = Vec<u8>;
+
+    fn write(&mut self, batch: &Vec<u8>, lines: u64) -> u64 {
+        // All or nothing is close enough for a count: a write cut short is rare (a full disk, a reader
+        // that went away) and loses the rest of the batch anyway.
+        match self.file.write_all(batch) {
+            Ok(()) => 0,
+            Err(_) => lines,
+        }
+    }
+
+    fn write_loss(&mut self, lines: u64) -> io::Result<()> {
+        let mut result = Ok(());
+        let message =
+            format_args!("log: {lines} lines were dropped here while this destination did not keep up");
+        with_line(self.style, Level::Warn, message, |line| result = self.file.write_all(line));
+        result
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        if let Some(path) = &self.path {
+            self.file = append(path)?;
+        }
+        Ok(())
+    }
+}
