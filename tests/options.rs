@@ -139,8 +139,8 @@ fn bad_config_files_name_the_file_and_the_key() {
         ("workers = 0\n", &["workers", "at least 1"]),
         ("queue = 0\n", &["queue", "at least 1"]),
         ("read_timeout = \"soon\"\n", &["read_timeout", "'soon' is not a duration"]),
-        ("bogus = 1\n", &["unknown field `bogus`", "line 1"]),
-        ("workers = \"two\"\n", &["line 1", "workers = \"two\""]),
+        ("bogus = 1\n", &["line 1: unknown key 'bogus'; the keys are bind,"]),
+        ("workers = \"two\"\n", &["line 1: workers: expected a number, like 4 (found a string)"]),
         ("mode = \"shout\"\n", &["mode", "shout", "use ack or echo"]),
         ("reply = \"unterminated\n", &["line 1"]),
     ];

@@ -11,9 +11,12 @@
 use std::{
     cell::RefCell,
     env,
-    fs::{File, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::{self, Write},
-    os::{fd::AsFd, unix::fs::MetadataExt},
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
+    },
     panic,
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
@@ -23,6 +26,8 @@ use log::{Level, LevelFilter, Log, Metadata, Record, error};
 use time::{OffsetDateTime, macros::format_description};
 
 use poolserver::Error;
+
+use crate::errors;
 
 /// Installs the global logger. Fails if `file` cannot be opened for appending.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
@@ -35,16 +40,50 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
     let journal = is_journal(&stderr);
     let mut outputs = vec![stderr];
     if let Some(path) = file {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::Config(format!("cannot open log file {}: {e}", path.display())))?;
-        outputs.push(file);
+        outputs.push(open_log_file(path)?);
     }
     log::set_boxed_logger(Box::new(LineLogger { level, outputs, journal }))
         .map_err(|e| Error::Io { what: "install the logger", source: io::Error::other(e) })?;
     log::set_max_level(level);
+    Ok(())
+}
+
+/// Opens `path` for appending without ever blocking: a FIFO with no reader would block `open` until one
+/// came. Regular files and character devices (`/dev/null`) are taken; a FIFO only when something reads it.
+fn open_log_file(path: &Path) -> Result<File, Error> {
+    let fail = |why: String| Error::Config(format!("cannot open log file {}: {why}", errors::path(path)));
+    let file = match OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        // ENXIO: a FIFO with no reader (or a socket file, which cannot be opened at all).
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            let what = match fs::metadata(path) {
+                Ok(meta) if meta.file_type().is_fifo() => {
+                    "it is a FIFO (named pipe) that nothing reads yet; start its reader first or"
+                }
+                _ => "it cannot be written;",
+            };
+            return Err(fail(format!("{what} give a regular file")));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let kind = file.metadata().map_err(|e| fail(e.to_string()))?.file_type();
+    if !(kind.is_file() || kind.is_fifo() || kind.is_char_device()) {
+        return Err(fail("it is not a regular file".to_owned()));
+    }
+    // Back to blocking writes, as on stderr: a full pipe slows the server down rather than losing lines.
+    if kind.is_fifo() {
+        set_blocking(&file).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(file)
+}
+
+fn set_blocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with flags it just returned.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
