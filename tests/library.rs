@@ -2,13 +2,10 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    thread::{self, JoinHandle},
-};
+use std::net::SocketAddr;
 
 use poolserver::{Config, Error, Handler, Message, Reply, Server, Summary};
-use support::exchange;
+use support::{BoundedThread, WAIT, exchange};
 
 /// Uppercases the request, and panics on the request `panic`.
 struct Fragile;
@@ -22,13 +19,13 @@ impl Handler for Fragile {
     }
 }
 
-fn start(workers: usize) -> (SocketAddr, poolserver::ShutdownHandle, JoinHandle<Result<Summary, Error>>) {
+fn start(workers: usize) -> (SocketAddr, poolserver::ShutdownHandle, BoundedThread<Result<Summary, Error>>) {
     let mut config = Config::default();
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.workers = workers;
     let server = Server::bind_with(config, Fragile).unwrap();
     let (addr, stop) = (server.local_addr(), server.shutdown_handle());
-    (addr, stop, thread::spawn(move || server.run()))
+    (addr, stop, support::spawn(move || server.run()))
 }
 
 #[test]
@@ -36,7 +33,7 @@ fn a_custom_handler_serves_its_own_protocol() {
     let (addr, stop, running) = start(2);
     assert_eq!(exchange(addr, b"shout this").unwrap(), b"SHOUT THIS");
     stop.shutdown();
-    let summary = running.join().unwrap().unwrap();
+    let summary = running.join(WAIT).unwrap();
     assert_eq!(summary.served, 1);
 }
 
@@ -52,7 +49,7 @@ fn panics_in_the_handler_never_shrink_the_pool() {
         assert_eq!(exchange(addr, format!("after {i}").as_bytes()).unwrap(), format!("AFTER {i}").as_bytes());
     }
     stop.shutdown();
-    let summary = running.join().unwrap().unwrap();
+    let summary = running.join(WAIT).unwrap();
     assert_eq!((summary.served, summary.errors), (10, 5));
 }
 
@@ -62,15 +59,15 @@ fn shutdown_can_be_requested_from_any_thread_any_number_of_times() {
     assert_eq!(exchange(addr, b"x").unwrap(), b"X");
     let helpers: Vec<_> = (0..4)
         .map(|_| {
-            thread::spawn({
+            support::spawn({
                 let stop = stop.clone();
                 move || stop.shutdown()
             })
         })
         .collect();
     for helper in helpers {
-        helper.join().unwrap();
+        helper.join(WAIT);
     }
-    assert_eq!(running.join().unwrap().unwrap().served, 1);
+    assert_eq!(running.join(WAIT).unwrap().served, 1);
     assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
 }

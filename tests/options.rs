@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{REPLY, Server, exchange, run_to_exit, write_config};
+use support::{REPLY, Server, exchange, write_config};
 
 fn reply_of(server: &Server) -> String {
     String::from_utf8(exchange(server.addr, b"hello").unwrap()).unwrap()
@@ -95,17 +95,8 @@ fn the_shipped_config_file_parses_and_sets_the_defaults() {
 /// Runs `serve` with a bad input and checks the one-line error that names it.
 fn rejected(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     let mut full = vec!["serve"];
-    if !args.contains(&"--bind") {
-        full.extend(["--bind", "127.0.0.1:0"]);
-    }
     full.extend_from_slice(args);
-    let (status, stderr) = run_to_exit(&full, env);
-    assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: not one line: {stderr}");
-    assert!(!stderr.contains("listening on"), "{stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "{args:?} {env:?}: {needle:?} not in {stderr}");
-    }
+    support::rejected(&full, env, needles);
 }
 
 #[test]
@@ -168,7 +159,7 @@ fn unreadable_files_are_named() {
 
 #[test]
 fn help_lists_every_option_with_its_variable() {
-    let output = support::command(&["serve", "--help"], &[]).output().unwrap();
+    let output = support::output(&mut support::command(&["serve", "--help"], &[]), support::WAIT);
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     for var in ["POOLSERVER_BIND", "POOLSERVER_WORKERS", "POOLSERVER_READ_TIMEOUT", "POOLSERVER_LOG_FILE"] {
