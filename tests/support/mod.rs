@@ -27,7 +27,7 @@ const SYSTEMD_VARS: &[&str] =
 
 /// Removes from `cmd` every variable the binary reads: systemd's, and every `POOLSERVER_*` one set here
 /// (a list of names would miss the next option's).
-fn clear_environment(cmd: &mut Command) {
+pub fn clear_environment(cmd: &mut Command) {
     for var in SYSTEMD_VARS {
         cmd.env_remove(var);
     }
