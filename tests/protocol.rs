@@ -4,14 +4,14 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::TcpStream,
     sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
 };
 
-use support::{REPLY, Server, WAIT, connect, exchange};
+use support::{MidReply, REPLY, Server, WAIT, connect, exchange};
 
 #[test]
 fn the_tutorials_client_gets_the_tutorials_reply() {
@@ -143,4 +143,48 @@ fn client_bytes_never_reach_the_log_raw() {
         assert!(!line.starts_with("2026-01-01T00:00:00Z"), "forged line in the log: {line}");
         assert!(!line.contains(['\r', '\u{1b}', '\u{fffd}']), "raw control byte in the log: {line:?}");
     }
+}
+
+#[test]
+fn a_reply_not_written_within_write_timeout_is_cut_with_a_reset() {
+    const BIG: usize = 8 << 20;
+    let args = ["--bind", "127.0.0.1:0", "--write-timeout", "1s"];
+    // The reader has the first bytes and reads no more: the rest of the reply cannot be written.
+    let MidReply { mut server, reader, first, .. } = support::server_mid_reply(BIG, &args);
+    let line = server.wait_for(" timed out: wrote ");
+    assert!(line.contains(&format!(" of {BIG} reply bytes in 1s; reset")), "{line}");
+    // A reply cut short must not look complete: the client sees a reset, not an end of file.
+    match support::read_rest(reader) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        Ok(rest) => panic!("the cut reply ended like a whole one, after {} of {BIG} bytes", first + rest),
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit(WAIT);
+    assert!(
+        server.log.iter().any(|l| l.contains("stopped: served 0, busy 0, timed out 1")),
+        "{:#?}",
+        server.log
+    );
+}
+
+#[test]
+fn a_client_that_keeps_sending_after_its_reply_is_closed_at_the_leftover_limit() {
+    // With a read_timeout of a minute, only the leftover limit (4 MiB for a max_request of 1024) can end
+    // the draining of what the client sends after its reply.
+    let mut server = Server::start(&["--bind", "127.0.0.1:0", "--read-timeout", "1m"]);
+    let mut client = connect(server.addr);
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    let error = loop {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => break e,
+        }
+        assert!(sent < 64 << 20, "the server took 64 MiB after its reply without closing");
+    };
+    assert!(
+        matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "after {sent} bytes: {error}"
+    );
+    server.wait_for("sent more than 4194304 B after its reply; closed");
 }
