@@ -92,6 +92,36 @@ fn the_shipped_config_file_parses_and_sets_the_defaults() {
     assert_eq!(reply_of(&server), REPLY);
 }
 
+#[test]
+fn every_example_in_the_shipped_config_file_has_the_type_its_key_wants() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/poolserver.toml")).unwrap();
+    // Each setting is shipped as a commented-out line `# key = value`: uncomment them all.
+    let mut uncommented = 0;
+    let text: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(setting)
+                if setting
+                    .split_once(" = ")
+                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_')) =>
+            {
+                uncommented += 1;
+                format!("{setting}\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert!(uncommented >= 10, "only {uncommented} settings found in:\n{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &text);
+    let log = dir.path().join("server.log");
+    let args =
+        ["--config", config.to_str().unwrap(), "--bind", "127.0.0.1:0", "--log-file", log.to_str().unwrap()];
+    let mut server = Server::start(&args);
+    assert!(server.wait_for("listening on").contains("queue 1024, backlog 1024, mode ack"));
+}
+
 /// Runs `serve` with a bad input and checks the one-line error that names it.
 fn rejected(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     let mut full = vec!["serve"];
