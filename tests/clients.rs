@@ -6,13 +6,14 @@ use std::{
     io::Write,
     net::TcpListener,
     process::{Output, Stdio},
+    time::Duration,
 };
 
 use serde_json::Value;
-use support::{REPLY, Server, command};
+use support::{REPLY, Server, WAIT, command};
 
 fn run(args: &[&str]) -> Output {
-    command(args, &[]).stdin(Stdio::null()).output().expect("run poolserver")
+    support::output(&mut command(args, &[]), Duration::from_secs(60))
 }
 
 fn stress_json(addr: &str, extra: &[&str]) -> (Output, Value) {
@@ -35,13 +36,16 @@ fn send_prints_the_reply_and_exits_0() {
 #[test]
 fn send_reads_the_message_from_stdin() {
     let server = Server::start(&["--bind", "127.0.0.1:0", "--mode", "echo"]);
-    let mut child = command(&["send", "--addr", &server.addr.to_string(), "-"], &[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"from stdin\n").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let mut child = support::Guarded(
+        command(&["send", "--addr", &server.addr.to_string(), "-"], &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    child.0.stdin.take().unwrap().write_all(b"from stdin\n").unwrap();
+    let output = support::finish(child, WAIT);
     assert!(output.status.success());
     assert_eq!(output.stdout, b"from stdin\n");
 }
@@ -116,18 +120,11 @@ fn stress_prints_a_table_for_people() {
 #[test]
 fn the_stress_script_runs_its_quick_ladder() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stress.sh");
-    let mut child = std::process::Command::new("bash")
-        .args([script, "--quick", "--bin", support::BIN])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = support::wait_child(&mut child, std::time::Duration::from_secs(60)).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("stress.sh --quick ran past 60 s")
-    });
-    let output = child.wait_with_output().unwrap();
+    let output = support::output(
+        std::process::Command::new("bash").args([script, "--quick", "--bin", support::BIN]),
+        Duration::from_secs(60),
+    );
+    let status = output.status;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("clients") && stdout.contains("conn/s"), "{stdout}");

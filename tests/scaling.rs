@@ -6,25 +6,27 @@ mod support;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{REPLY, Server, WAIT, command, exchange};
+use support::{Guarded, REPLY, Server, WAIT, command, exchange};
 
-/// Runs `poolserver stress ARGS --json` in the background.
-fn stress(addr: &str, args: &[&str]) -> Child {
+/// Runs `poolserver stress ARGS --json` in the background, killed by its PID if the test ends first.
+fn stress(addr: &str, args: &[&str]) -> Guarded {
     let mut full = vec!["stress", "--addr", addr, "--json", "--timeout", "5s"];
     full.extend_from_slice(args);
-    command(&full, &[]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap()
+    let mut cmd = command(&full, &[]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    Guarded(cmd.spawn().expect("spawn poolserver stress"))
 }
 
-fn report(mut stress: Child) -> Value {
-    support::wait_child(&mut stress, Duration::from_secs(60)).expect("stress ends within its own bounds");
-    let mut stdout = String::new();
-    stress.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+/// The JSON report of a stress run, once it has ended within its own bounds.
+fn report(stress: Guarded) -> Value {
+    let out = support::finish(stress, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
@@ -71,16 +73,6 @@ fn without_reuse_port_a_second_process_cannot_bind() {
     assert!(stderr.contains("Address already in use"), "{stderr}");
 }
 
-/// HAProxy from Debian's package, killed by its PID when dropped.
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_loopback_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -101,8 +93,7 @@ fn exchange_from(source: &str, addr: SocketAddr) -> SocketAddr {
 
 #[test]
 fn haproxy_with_send_proxy_v2_balances_two_backends_that_log_the_real_client() {
-    if !Command::new("haproxy").arg("-v").output().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: haproxy is not installed (Debian package haproxy; .ci/run installs it)");
+    if !support::have_tool("haproxy", "Debian package haproxy; .ci/run installs it") {
         return;
     }
     let mut one = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol"]);
@@ -117,7 +108,7 @@ fn haproxy_with_send_proxy_v2_balances_two_backends_that_log_the_real_client() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
-    let _haproxy = Haproxy(
+    let _haproxy = Guarded(
         Command::new("haproxy")
             .args(["-db", "-f", path.to_str().unwrap()])
             .stdin(Stdio::null())

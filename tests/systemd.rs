@@ -7,11 +7,11 @@ use std::{
     io::{Read, Write},
     net::TcpListener,
     os::unix::net::UnixDatagram,
-    process::{Child, Stdio},
+    process::Stdio,
 };
 
 use serde_json::Value;
-use support::{REPLY, Server, WAIT, command, connect, exchange, socket_activated};
+use support::{Guarded, REPLY, Server, WAIT, command, connect, exchange, socket_activated};
 
 /// Receives sd_notify datagrams until one contains `needle`; returns it.
 fn notification(socket: &UnixDatagram, needle: &str) -> String {
@@ -80,25 +80,22 @@ fn a_stress_run_across_a_restart_loses_no_connection() {
     let addr = listener.local_addr().unwrap().to_string();
     let mut first = Server::start_command(socket_activated(&listener, &[], &[]));
 
-    let mut stress: Child = command(
+    let mut stress = command(
         &["stress", "--addr", &addr, "--clients", "8", "--duration", "3s", "--timeout", "10s", "--json"],
         &[],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
+    );
+    stress.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let stress = Guarded(stress.spawn().expect("spawn poolserver stress"));
     first.wait_for(" served: ");
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(WAIT).success(), "{:#?}", first.log);
     let mut second = Server::start_command(socket_activated(&listener, &[], &[]));
     second.wait_for(" served: ");
 
-    let status = support::wait_child(&mut stress, WAIT).expect("stress ends within its own bounds");
-    let mut stdout = Vec::new();
-    stress.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
-    let report: Value = serde_json::from_slice(&stdout).unwrap();
-    assert!(status.success(), "{report}");
+    let out = support::finish(stress, WAIT);
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+    assert!(out.status.success(), "{report}");
     assert_eq!(report["failed"], 0, "{report}");
     assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
 }

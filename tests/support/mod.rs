@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -20,41 +20,29 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// The tutorial's reply.
 pub const REPLY: &str = "信息已收到";
 
-/// Every variable the binary reads; cleared so the developer's environment cannot leak into a test.
-const VARS: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "JOURNAL_STREAM",
-    "POOLSERVER_CONFIG",
-    "POOLSERVER_BIND",
-    "POOLSERVER_WORKERS",
-    "POOLSERVER_QUEUE",
-    "POOLSERVER_BACKLOG",
-    "POOLSERVER_MODE",
-    "POOLSERVER_REPLY",
-    "POOLSERVER_BUSY_REPLY",
-    "POOLSERVER_MAX_REQUEST",
-    "POOLSERVER_READ_TIMEOUT",
-    "POOLSERVER_WRITE_TIMEOUT",
-    "POOLSERVER_SHUTDOWN_TIMEOUT",
-    "POOLSERVER_LOG_LEVEL",
-    "POOLSERVER_LOG_FILE",
-    "POOLSERVER_ACCESS_LOG",
-    "POOLSERVER_REUSE_PORT",
-    "POOLSERVER_PROXY_PROTOCOL",
-    "POOLSERVER_KEEP_ALIVE",
-    "POOLSERVER_IDLE_TIMEOUT",
-];
+/// Variables from systemd that the binary reads; cleared with every `POOLSERVER_*` variable so the developer's
+/// environment cannot leak into a test.
+const SYSTEMD_VARS: &[&str] =
+    &["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "JOURNAL_STREAM"];
+
+/// Removes from `cmd` every variable the binary reads: systemd's, and every `POOLSERVER_*` one set here
+/// (a list of names would miss the next option's).
+pub fn clear_environment(cmd: &mut Command) {
+    for var in SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
+    for (var, _) in std::env::vars_os() {
+        if var.as_encoded_bytes().starts_with(b"POOLSERVER_") {
+            cmd.env_remove(var);
+        }
+    }
+}
 
 /// `poolserver ARGS` with a clean environment plus `env`.
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for var in VARS {
-        cmd.env_remove(var);
-    }
+    clear_environment(&mut cmd);
     cmd.envs(env.iter().copied());
     cmd
 }
@@ -214,9 +202,7 @@ pub fn socket_activated(listener: &TcpListener, args: &[&str], env: &[(&str, &st
 
 /// Clears every variable the binary reads from `cmd`'s environment, then adds `env`.
 pub fn clean_env(cmd: &mut Command, env: &[(&str, &str)]) {
-    for var in VARS {
-        cmd.env_remove(var);
-    }
+    clear_environment(cmd);
     cmd.envs(env.iter().copied());
 }
 
@@ -250,23 +236,79 @@ pub fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 
 /// Runs `poolserver ARGS` that is expected to exit on its own; returns its status and stderr.
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut child = command(args, env)
+    let out = output(&mut command(args, env), WAIT);
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `cmd` with no input to completion and returns what it printed; kills it and fails the test if it
+/// takes longer than `within`.
+pub fn output(cmd: &mut Command, within: Duration) -> Output {
+    let child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn poolserver");
-    let status = match wait_child(&mut child, WAIT) {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("poolserver {args:?} did not exit within {WAIT:?}");
-        }
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    finish(Guarded(child), within)
+}
+
+/// Waits for a child started with piped stdout and stderr, reading both while it runs (a chatty child never
+/// blocks on a full pipe); kills it by its PID and fails the test if it runs longer than `within`.
+pub fn finish(mut child: Guarded, within: Duration) -> Output {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let mut pipe = pipe.expect("piped output");
+        spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
     };
-    let mut stderr = String::new();
-    child.stderr.take().expect("piped stderr").read_to_string(&mut stderr).expect("read stderr");
-    (status, stderr)
+    let stdout = drain(child.0.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.0.stderr.take().map(|p| Box::new(p) as _));
+    let status = wait_child(&mut child.0, within)
+        .unwrap_or_else(|| panic!("process {} still running after {within:?}", child.0.id()));
+    // The child has exited: its pipes close unless it left a process behind holding them.
+    let (stdout, stderr) = (stdout.join(within), stderr.join(within));
+    Output { status, stdout, stderr }
+}
+
+/// A child process that is killed by its PID when dropped, if it is still running: a failing test never
+/// leaves it behind.
+pub struct Guarded(pub Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A thread whose result can be waited for with a bound, unlike `JoinHandle::join`.
+pub struct BoundedThread<T> {
+    result: Receiver<thread::Result<T>>,
+}
+
+/// Runs `f` on a new thread.
+pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> BoundedThread<T> {
+    let (tx, result) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    BoundedThread { result }
+}
+
+impl<T> BoundedThread<T> {
+    /// The thread's result; fails the test if it takes longer than `within`, and panics again with the
+    /// thread's panic.
+    pub fn join(self, within: Duration) -> T {
+        match self.result.recv_timeout(within) {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("thread still running after {within:?}"),
+        }
+    }
 }
 
 pub fn loopback(addr: SocketAddr) -> SocketAddr {
@@ -369,4 +411,53 @@ pub fn server_mid_reply(size: usize, args: &[&str]) -> MidReply {
 /// Closes our sending side, as a client that finished its request does.
 pub fn finish_sending(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Runs `poolserver ARGS` expecting a usage or configuration error, and checks it is one line with exit code
+/// 2 that contains every needle. `serve` gets `--bind 127.0.0.1:0` unless `args` name one, so a mistake
+/// in the test never binds a real port. Returns the line.
+pub fn rejected(args: &[&str], env: &[(&str, &str)], needles: &[&str]) -> String {
+    rejected_command(command(&serve_args(args), env), needles)
+}
+
+fn serve_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = Vec::new();
+    if args.first() == Some(&"serve") && !args.iter().any(|a| a.starts_with("--bind") || *a == "-b") {
+        full.extend(["serve", "--bind", "127.0.0.1:0"]);
+        full.extend_from_slice(&args[1..]);
+    } else {
+        full.extend_from_slice(args);
+    }
+    full
+}
+
+/// Like `rejected`, for a prepared command.
+pub fn rejected_command(mut cmd: Command, needles: &[&str]) -> String {
+    let out = output(&mut cmd, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{cmd:?}: not one line: {stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{cmd:?}: {needle:?} not in {stderr}");
+    }
+    stderr
+}
+
+/// Whether `tool` is on PATH. When it is not, the calling test cannot check what it is for: it fails when
+/// the variable `CI` is set (CI installs its tools, so a missing one is a broken CI), and otherwise says so
+/// on the test process's real stderr, which `cargo test` shows (`eprintln!` would be captured and hidden
+/// unless the test failed), then returns false for the test to end early.
+pub fn have_tool(tool: &str, install: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        let test = thread::current().name().unwrap_or("a test").to_owned();
+        assert!(std::env::var_os("CI").is_none(), "{test} needs {tool}, which is not on PATH ({install})");
+        let line = format!(
+            "\nNOT CHECKED: {test} needs {tool}, which is not on PATH ({install}); under CI=1 this fails\n"
+        );
+        let _ = io::stderr().write_all(line.as_bytes());
+    }
+    found
 }

@@ -138,11 +138,11 @@ pub struct ServeArgs {
     pub mode: Option<ModeArg>,
 
     /// Reply in mode ack, sent as UTF-8 without a newline [default: 信息已收到]
-    #[arg(long, env = "POOLSERVER_REPLY", value_name = "TEXT")]
+    #[arg(long, env = "POOLSERVER_REPLY", value_name = "TEXT", value_parser = settings::parse_reply)]
     pub reply: Option<String>,
 
     /// Reply when every worker is busy and the queue is full [default: 服务器繁忙]
-    #[arg(long, env = "POOLSERVER_BUSY_REPLY", value_name = "TEXT")]
+    #[arg(long, env = "POOLSERVER_BUSY_REPLY", value_name = "TEXT", value_parser = settings::parse_reply)]
     pub busy_reply: Option<String>,
 
     /// Most bytes read as one message (one read) [default: 1024]

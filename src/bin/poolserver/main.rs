@@ -7,12 +7,13 @@ use std::{
     time::Duration,
 };
 
-use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
+use clap::Parser;
 use log::{error, info, warn};
 use poolserver::{Builtin, Error, Server};
 
 mod cli;
 mod client;
+mod errors;
 mod logging;
 mod settings;
 mod signals;
@@ -31,7 +32,16 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(&e),
+        Err(e) => {
+            return match errors::usage(&e) {
+                errors::Usage::Printed { failed: false } => ExitCode::SUCCESS,
+                errors::Usage::Printed { failed: true } => ExitCode::from(USAGE),
+                errors::Usage::Error(line) => {
+                    eprintln!("poolserver: {line}");
+                    ExitCode::from(USAGE)
+                }
+            };
+        }
     };
     match cli.command {
         Command::Serve(args) => serve(&args),
@@ -101,7 +111,15 @@ fn run_server(config: poolserver::Config, logs: &Logs) -> ExitCode {
     let server = match server {
         Ok(server) => server,
         Err(e) => {
-            error!("{e}");
+            // A failed bind exits 1, not 2: a port in use or an address not configured yet can clear up, so
+            // a service manager should try again.
+            match &e {
+                Error::Bind { addr, source } => match errors::bind_advice(*addr, source) {
+                    Some(advice) => error!("{e}; {advice}"),
+                    None => error!("{e}"),
+                },
+                _ => error!("{e}"),
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -123,48 +141,4 @@ fn run_server(config: poolserver::Config, logs: &Logs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Help and version go to stdout as clap prints them; anything else becomes one line on stderr, naming the
-/// environment variable when the bad value came from there, and exit code 2.
-fn usage_error(e: &clap::Error) -> ExitCode {
-    match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = e.print();
-            return ExitCode::from(USAGE);
-        }
-        _ => {}
-    }
-    let rendered = e.to_string();
-    let first = rendered.lines().next().unwrap_or("invalid usage");
-    let message = first.strip_prefix("error: ").unwrap_or(first);
-    let valid = match e.get(ContextKind::ValidValue) {
-        Some(values) if !message.contains("expected") => format!(" (expected one of: {values})"),
-        _ => String::new(),
-    };
-    let origin =
-        from_environment(e).map(|var| format!(" (from environment variable {var})")).unwrap_or_default();
-    eprintln!("poolserver: {message}{valid}{origin}; see 'poolserver --help'");
-    ExitCode::from(USAGE)
-}
-
-/// The environment variable behind a rejected value, when the flag itself was not on the command line.
-fn from_environment(e: &clap::Error) -> Option<String> {
-    let flag = e.get(ContextKind::InvalidArg)?.to_string();
-    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?.to_owned();
-    let on_command_line =
-        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
-    let command = Cli::command();
-    let arg = command
-        .get_subcommands()
-        .flat_map(|sub| sub.get_arguments())
-        .find(|arg| arg.get_long() == Some(long.as_str()))?;
-    let short = arg.get_short().map(|s| format!("-{s}"));
-    let short_used = short.is_some_and(|s| std::env::args().any(|a| a.starts_with(&s)));
-    let var = arg.get_env()?.to_string_lossy().into_owned();
-    (!on_command_line && !short_used && std::env::var_os(&var).is_some()).then_some(var)
 }

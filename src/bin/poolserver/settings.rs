@@ -1,5 +1,5 @@
 //! The settings of `poolserver serve`: flags, environment, config file and defaults merged into the
-//! library's `Config` and the logs' settings, with every value checked.
+//! library's `Config` and the logging setup, with every value checked.
 //!
 //! Precedence is flag > environment variable > config file > built-in default. clap already folds the
 //! environment into the flag values (see `cli`), so this module merges those with the file and the defaults.
@@ -7,8 +7,10 @@
 //! key or the file.
 
 use std::{
-    fs,
+    fs::{self, OpenOptions},
+    io::Read,
     net::{SocketAddr, ToSocketAddrs},
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -18,9 +20,9 @@ use poolserver::{
     Config, Error, Mode,
     config::{MAX_BACKLOG, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS, check_count, check_duration},
 };
-use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 
-use crate::cli::ServeArgs;
+use crate::{cli::ServeArgs, errors};
 
 /// Everything `poolserver serve` runs with.
 #[derive(Debug)]
@@ -53,110 +55,248 @@ impl Settings {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let key = |name: &str, message: String| match &args.config {
-            Some(path) => Error::Config(format!("config file {}: {name}: {message}", path.display())),
-            None => Error::Config(format!("{name}: {message}")),
-        };
-        let checked = |name: &str, value: Option<usize>, check: fn(usize) -> Result<usize, String>| {
-            value.map(check).transpose().map_err(|m| key(name, m))
-        };
-        let parsed = |name: &str, value: &Option<String>, parse: fn(&str) -> Result<Duration, String>| {
-            value.as_deref().map(parse).transpose().map_err(|m| key(name, m))
-        };
-
-        let file_bind = file.bind.as_deref().map(parse_bind).transpose().map_err(|m| key("bind", m))?;
-        let file_backlog = file.backlog.map(check_backlog).transpose().map_err(|m| key("backlog", m))?;
-        let file_mode = file.mode.as_deref().map(parse_mode).transpose().map_err(|m| key("mode", m))?;
-        let file_log_level =
-            file.log_level.as_deref().map(parse_log_level).transpose().map_err(|m| key("log_level", m))?;
-        let file_access_log =
-            file.access_log.as_deref().map(parse_access_log).transpose().map_err(|m| key("access_log", m))?;
-
         let mut config = Config::default();
         let c = &mut config;
-        c.bind = args.bind.or(file_bind).unwrap_or(c.bind);
-        c.workers = args.workers.or(checked("workers", file.workers, check_workers)?).unwrap_or(c.workers);
-        c.queue = args.queue.or(checked("queue", file.queue, check_queue)?).unwrap_or(c.queue);
-        c.backlog = args.backlog.or(file_backlog).unwrap_or(c.backlog);
-        c.mode = args.mode.map(Mode::from).or(file_mode).unwrap_or(c.mode);
+        c.bind = args.bind.or(file.bind).unwrap_or(c.bind);
+        c.workers = args.workers.or(file.workers).unwrap_or(c.workers);
+        c.queue = args.queue.or(file.queue).unwrap_or(c.queue);
+        c.backlog = args.backlog.or(file.backlog).unwrap_or(c.backlog);
+        c.mode = args.mode.map(Mode::from).or(file.mode).unwrap_or(c.mode);
         if let Some(reply) = args.reply.clone().or(file.reply) {
-            c.reply = check_reply(reply).map_err(|m| key("reply", m))?;
+            c.reply = reply;
         }
         if let Some(busy_reply) = args.busy_reply.clone().or(file.busy_reply) {
-            c.busy_reply = check_reply(busy_reply).map_err(|m| key("busy_reply", m))?;
+            c.busy_reply = busy_reply;
         }
-        c.max_request = args
-            .max_request
-            .or(checked("max_request", file.max_request, check_max_request)?)
-            .unwrap_or(c.max_request);
-        c.read_timeout = args
-            .read_timeout
-            .or(parsed("read_timeout", &file.read_timeout, parse_duration)?)
-            .unwrap_or(c.read_timeout);
-        c.write_timeout = args
-            .write_timeout
-            .or(parsed("write_timeout", &file.write_timeout, parse_duration)?)
-            .unwrap_or(c.write_timeout);
-        c.shutdown_timeout = args
-            .shutdown_timeout
-            .or(parsed("shutdown_timeout", &file.shutdown_timeout, parse_duration)?)
-            .unwrap_or(c.shutdown_timeout);
+        c.max_request = args.max_request.or(file.max_request).unwrap_or(c.max_request);
+        c.read_timeout = args.read_timeout.or(file.read_timeout).unwrap_or(c.read_timeout);
+        c.write_timeout = args.write_timeout.or(file.write_timeout).unwrap_or(c.write_timeout);
+        c.shutdown_timeout = args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(c.shutdown_timeout);
         c.keep_alive = args.keep_alive.or(file.keep_alive).unwrap_or(c.keep_alive);
-        c.idle_timeout = args
-            .idle_timeout
-            .or(parsed("idle_timeout", &file.idle_timeout, parse_duration)?)
-            .unwrap_or(c.idle_timeout);
+        c.idle_timeout = args.idle_timeout.or(file.idle_timeout).unwrap_or(c.idle_timeout);
         c.reuse_port = args.reuse_port.or(file.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol = args.proxy_protocol.or(file.proxy_protocol).unwrap_or(c.proxy_protocol);
         config.validate()?;
         let log = LogSettings {
-            level: args.log_level.or(file_log_level).unwrap_or(LevelFilter::Info),
+            level: args.log_level.or(file.log_level).unwrap_or(LevelFilter::Info),
             file: args.log_file.clone().or(file.log_file),
-            access: args.access_log.clone().or(file_access_log).unwrap_or(AccessLog::Stderr),
+            access: args.access_log.clone().or(file.access_log).unwrap_or(AccessLog::Stderr),
         };
         Ok(Settings { config, log })
     }
 }
 
-/// The config file as written: every key optional, unknown keys rejected by name.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The largest config file read: far above any real one, yet a reply of several MiB still fits.
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The config file's keys, in the order the documentation lists them.
+const KEYS: &[&str] = &[
+    "bind",
+    "workers",
+    "queue",
+    "backlog",
+    "mode",
+    "reply",
+    "busy_reply",
+    "max_request",
+    "read_timeout",
+    "write_timeout",
+    "shutdown_timeout",
+    "keep_alive",
+    "idle_timeout",
+    "log_level",
+    "log_file",
+    "access_log",
+    "reuse_port",
+    "proxy_protocol",
+];
+
+/// The config file's values, each checked as it was read: every key optional.
+#[derive(Debug, Default)]
 struct FileConfig {
-    bind: Option<String>,
+    bind: Option<SocketAddr>,
     workers: Option<usize>,
     queue: Option<usize>,
     backlog: Option<u32>,
-    mode: Option<String>,
+    mode: Option<Mode>,
     reply: Option<String>,
     busy_reply: Option<String>,
     max_request: Option<usize>,
-    read_timeout: Option<String>,
-    write_timeout: Option<String>,
-    shutdown_timeout: Option<String>,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
     keep_alive: Option<bool>,
-    idle_timeout: Option<String>,
-    log_level: Option<String>,
+    idle_timeout: Option<Duration>,
+    log_level: Option<LevelFilter>,
     log_file: Option<PathBuf>,
-    access_log: Option<String>,
+    access_log: Option<AccessLog>,
     reuse_port: Option<bool>,
     proxy_protocol: Option<bool>,
 }
 
 impl FileConfig {
+    /// Reads and checks the file; every error names the file, and the line and key when there is one.
     fn load(path: &Path) -> Result<FileConfig, Error> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
-            let place = match e.span() {
-                Some(span) => {
-                    let line = text[..span.start].matches('\n').count() + 1;
-                    let source = text.lines().nth(line - 1).unwrap_or("").trim();
-                    format!(", line {line} (`{source}`)")
-                }
-                None => String::new(),
-            };
-            Error::Config(format!("config file {}{place}: {}", path.display(), e.message().trim()))
-        })
+        let text = read_config(path)?;
+        FileConfig::parse(&text)
+            .map_err(|why| Error::Config(format!("config file {}, {why}", errors::path(path))))
+    }
+
+    /// `Err` reads "line N: ...".
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        let document = DeTable::parse(text).map_err(|e| {
+            let start = e.span().map_or(0, |span| span.start);
+            let line = text[..start.min(text.len())].matches('\n').count() + 1;
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} ({}): {}", errors::quote(source), errors::shorten(e.message().trim()))
+        })?;
+        let mut file = FileConfig::default();
+        for (key, value) in document.get_ref() {
+            let line = text[..key.span().start.min(text.len())].matches('\n').count() + 1;
+            let name: &str = key.get_ref();
+            if !KEYS.contains(&name) {
+                return Err(format!(
+                    "line {line}: unknown key {}; the keys are {}",
+                    errors::quote(name),
+                    KEYS.join(", ")
+                ));
+            }
+            file.set(name, value.get_ref()).map_err(|why| format!("line {line}: {name}: {why}"))?;
+        }
+        Ok(file)
+    }
+
+    /// Checks one value and keeps it; `Err` says what the key wants.
+    fn set(&mut self, key: &str, value: &DeValue<'_>) -> Result<(), String> {
+        match key {
+            "bind" => self.bind = Some(parse_bind(text(value, "\"127.0.0.1:8000\"")?)?),
+            "workers" => self.workers = Some(check_workers(count(value, "4")?)?),
+            "queue" => self.queue = Some(check_queue(count(value, "1024")?)?),
+            "backlog" => {
+                let n = u32::try_from(count(value, "1024")?).unwrap_or(u32::MAX);
+                self.backlog = Some(check_backlog(n)?);
+            }
+            "mode" => self.mode = Some(parse_mode(text(value, "\"ack\" or \"echo\"")?)?),
+            "reply" => self.reply = Some(parse_reply(text(value, "\"got it\"")?)?),
+            "busy_reply" => self.busy_reply = Some(parse_reply(text(value, "\"busy\"")?)?),
+            "max_request" => self.max_request = Some(check_max_request(count(value, "1024")?)?),
+            "read_timeout" => self.read_timeout = Some(duration(value)?),
+            "write_timeout" => self.write_timeout = Some(duration(value)?),
+            "shutdown_timeout" => self.shutdown_timeout = Some(duration(value)?),
+            "keep_alive" => self.keep_alive = Some(switch(value)?),
+            "idle_timeout" => self.idle_timeout = Some(duration(value)?),
+            "log_level" => self.log_level = Some(parse_log_level(text(value, "\"info\"")?)?),
+            "log_file" => self.log_file = Some(text(value, "\"/var/log/poolserver.log\"")?.into()),
+            "access_log" => {
+                self.access_log = Some(parse_access_log(text(value, "\"stderr\", \"off\" or a path")?)?)
+            }
+            "reuse_port" => self.reuse_port = Some(switch(value)?),
+            "proxy_protocol" => self.proxy_protocol = Some(switch(value)?),
+            _ => return Err(format!("not a key; the keys are {}", KEYS.join(", "))),
+        }
+        Ok(())
+    }
+}
+
+/// The file's bytes, refusing what is not a regular file of at most `MAX_CONFIG_BYTES` before reading it.
+fn read_config(path: &Path) -> Result<String, Error> {
+    let fail = |why: String| Error::Config(format!("cannot read config file {}: {why}", errors::path(path)));
+    // Opened non-blocking: a FIFO with no writer would block `open` itself. The type check refuses it next.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail(format!("it is {}, not a regular file", file_kind(&meta.file_type()))));
+    }
+    let too_big = |len: u64| fail(format!("it is {len} bytes; a config file may be at most 64 MiB"));
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    // Bounded again while reading: the file may grow after the check.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        fail(format!("line {line} is not UTF-8 text (byte {:#04x}); TOML files are UTF-8", e.as_bytes()[at]))
+    })
+}
+
+/// What a file that is not a regular one is, for the message that refuses it.
+fn file_kind(kind: &fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
+}
+
+/// What a value in the file is, for the message that says it is the wrong kind.
+fn found(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "found a string",
+        DeValue::Integer(_) => "found a whole number",
+        DeValue::Float(_) => "found a fraction",
+        DeValue::Boolean(_) => "found true or false",
+        DeValue::Datetime(_) => "found a date or time",
+        DeValue::Array(_) => "found an array",
+        DeValue::Table(_) => "found a table",
+    }
+}
+
+/// A string value; `like` is an example, in TOML.
+fn text<'a>(value: &'a DeValue<'_>, like: &str) -> Result<&'a str, String> {
+    match value {
+        DeValue::String(s) => Ok(s),
+        other => Err(format!("expected a string in quotes, like {like} ({})", found(other))),
+    }
+}
+
+/// A whole number that is at least 0; one too large for `usize` comes back as `usize::MAX`, for the key's
+/// own check to refuse with its bounds.
+fn count(value: &DeValue<'_>, like: &str) -> Result<usize, String> {
+    let wanted = format!("expected a number, like {like}");
+    match value {
+        DeValue::Integer(n) => match i128::from_str_radix(n.as_str(), n.radix()) {
+            Ok(n) if n < 0 => Ok(0),
+            Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            Err(_) => Ok(usize::MAX),
+        },
+        DeValue::String(s) if s.trim().parse::<u64>().is_ok() => {
+            Err(format!("{wanted} (found a string: write the number without quotes)"))
+        }
+        other => Err(format!("{wanted} ({})", found(other))),
+    }
+}
+
+fn duration(value: &DeValue<'_>) -> Result<Duration, String> {
+    match value {
+        DeValue::String(s) => parse_duration(s),
+        other => Err(format!("expected a duration in quotes, like \"5s\" or \"250ms\" ({})", found(other))),
+    }
+}
+
+fn switch(value: &DeValue<'_>) -> Result<bool, String> {
+    match value {
+        DeValue::Boolean(b) => Ok(*b),
+        DeValue::String(s) if matches!(s.trim(), "true" | "false") => {
+            Err("expected true or false (found a string: write it without quotes)".to_owned())
+        }
+        other => Err(format!("expected true or false ({})", found(other))),
     }
 }
 
@@ -167,8 +307,10 @@ pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     }
     let hint = "expected HOST:PORT, like 127.0.0.1:8000 or [::1]:8000";
     match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("'{text}' resolves to no address; {hint}")),
-        Err(e) => Err(format!("cannot use '{text}' ({e}); {hint}")),
+        Ok(mut addrs) => {
+            addrs.next().ok_or_else(|| format!("{} resolves to no address; {hint}", errors::quote(text)))
+        }
+        Err(e) => Err(format!("cannot use {} ({e}); {hint}", errors::quote(text))),
     }
 }
 
@@ -211,14 +353,18 @@ fn check_max_request(n: usize) -> Result<usize, String> {
 }
 
 fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.trim().parse().map_err(|_| format!("'{text}' is not a whole number"))
+    text.trim().parse().map_err(|_| format!("{} is not a whole number", errors::quote(text)))
 }
 
 /// A positive duration in humantime's notation: `250ms`, `5s`, `1m`, `1m 30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
-        Ok(d) => check_duration(d).map_err(|why| format!("'{text}' {why}")),
-        Err(e) => Err(format!("'{text}' is not a duration ({e}); write it like 250ms, 5s or 1m")),
+        Ok(d) => check_duration(d).map_err(|why| format!("{} {why}", errors::quote(text))),
+        Err(e) => Err(format!(
+            "{} is not a duration ({}); write it like 250ms, 5s or 1m",
+            errors::quote(text),
+            errors::shorten(&e.to_string())
+        )),
     }
 }
 
@@ -227,23 +373,17 @@ pub fn parse_mode(text: &str) -> Result<Mode, String> {
     match text.trim() {
         "ack" => Ok(Mode::Ack),
         "echo" => Ok(Mode::Echo),
-        _ => Err(format!("'{text}' is not a mode; use ack or echo")),
+        _ => Err(format!("{} is not a mode; use ack or echo", errors::quote(text))),
     }
 }
 
 /// A reply must have at least one byte: an empty one cannot be told from a close.
-fn check_reply(text: String) -> Result<String, String> {
+pub fn parse_reply(text: &str) -> Result<String, String> {
     if text.is_empty() {
         Err("must not be empty: a client could not tell an empty reply from a close".to_owned())
     } else {
-        Ok(text)
+        Ok(text.to_owned())
     }
-}
-
-pub fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a log level; use off, error, warn, info, debug or trace"))
 }
 
 /// `stderr`, `off`, or the path of a file to append to (`./off` for a file named off).
@@ -254,6 +394,12 @@ pub fn parse_access_log(text: &str) -> Result<AccessLog, String> {
         "off" => Ok(AccessLog::Off),
         _ => Ok(AccessLog::File(PathBuf::from(text))),
     }
+}
+
+pub fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
+    text.trim().parse().map_err(|_| {
+        format!("{} is not a log level; use off, error, warn, info, debug or trace", errors::quote(text))
+    })
 }
 
 #[cfg(test)]
@@ -286,6 +432,59 @@ mod tests {
         assert!(parse_bind("[::1]:8000").unwrap().is_ipv6());
         assert!(parse_bind("localhost:8000").is_ok());
         assert!(parse_bind("nonsense").unwrap_err().contains("expected HOST:PORT"));
+    }
+
+    #[test]
+    fn every_file_key_says_what_it_wants() {
+        let wrong = |text: &str| FileConfig::parse(text).unwrap_err();
+        assert_eq!(
+            wrong("workers = \"4\""),
+            "line 1: workers: expected a number, like 4 (found a string: write the number without quotes)"
+        );
+        for key in ["workers", "queue", "backlog", "max_request"] {
+            assert!(
+                wrong(&format!("{key} = []")).contains(&format!("{key}: expected a number, like")),
+                "{key}"
+            );
+        }
+        for key in ["bind", "mode", "reply", "busy_reply", "log_level", "log_file"] {
+            let message = wrong(&format!("{key} = 1"));
+            assert!(message.contains(&format!("{key}: expected a string in quotes, like \"")), "{message}");
+        }
+        for key in ["read_timeout", "write_timeout", "shutdown_timeout", "idle_timeout"] {
+            let message = wrong(&format!("{key} = 5"));
+            assert!(
+                message.contains(&format!("{key}: expected a duration in quotes, like \"5s\"")),
+                "{message}"
+            );
+        }
+        for key in ["keep_alive", "reuse_port", "proxy_protocol"] {
+            let message = wrong(&format!("\n{key} = \"yes\""));
+            assert_eq!(message, format!("line 2: {key}: expected true or false (found a string)"));
+        }
+        assert_eq!(wrong("workers = -3"), "line 1: workers: must be at least 1");
+        assert_eq!(wrong("queue = 99999999999999999999999"), "line 1: queue: must be at most 65536");
+        assert!(wrong("bogus = 1").starts_with("line 1: unknown key 'bogus'; the keys are bind, workers,"));
+    }
+
+    #[test]
+    fn every_file_key_is_read() {
+        let file = FileConfig::parse(
+            "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmode = \"echo\"\nreply = \"r\"\n\
+             busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
+             shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
+             log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{file:?}"),
+            "FileConfig { bind: Some(127.0.0.1:9), workers: Some(3), queue: Some(7), backlog: Some(9), \
+             mode: Some(Echo), reply: Some(\"r\"), busy_reply: Some(\"b\"), max_request: Some(5), \
+             read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
+             idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
+             reuse_port: Some(true), \
+             proxy_protocol: Some(false) }"
+        );
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! there, while the old one, renamed, is left complete.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::{self, Write},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{FileTypeExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -36,8 +40,41 @@ impl Output {
     }
 }
 
+/// Opens `path` for appending without ever blocking: a FIFO with no reader would block `open` until one
+/// came. Regular files and character devices (`/dev/null`) are taken; a FIFO only when something reads it.
 fn append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    let file = match OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        // ENXIO: a FIFO with no reader (or a socket file, which cannot be opened at all).
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            let what = match fs::metadata(path) {
+                Ok(meta) if meta.file_type().is_fifo() => {
+                    "it is a FIFO (named pipe) that nothing reads yet; start its reader first or"
+                }
+                _ => "it cannot be written;",
+            };
+            return Err(io::Error::other(format!("{what} give a regular file")));
+        }
+        Err(e) => return Err(e),
+    };
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_fifo() || kind.is_char_device()) {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    // Back to blocking writes: only this destination's writer thread waits on them, never the server.
+    set_blocking(&file)?;
+    Ok(file)
+}
+
+fn set_blocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with flags it just returned.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Destination for Output {
