@@ -356,7 +356,7 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
     };
     if written == reply.bytes.len() {
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
-        return replied(conn, service, reply.close, may_send_more);
+        return replied(conn, service, reply.close, may_send_more, started);
     }
     conn.rare_mut().pending = Some(Pending {
         rest: reply.bytes[written..].to_vec(),
@@ -398,8 +398,14 @@ fn log_answer(
 }
 
 /// The whole reply is out: the conversation goes on, or the connection closes.
-fn replied(mut conn: Conn, service: &Service, close_requested: bool, may_send_more: bool) -> Step {
-    service.stats.answered();
+fn replied(
+    mut conn: Conn,
+    service: &Service,
+    close_requested: bool,
+    may_send_more: bool,
+    started: Instant,
+) -> Step {
+    service.stats.answered(started.elapsed());
     if service.keep_alive && !close_requested && !service.is_stopping() {
         conn.phase = Phase::Idle(Instant::now());
         return conn.wait(Interest::Readable, service);
@@ -456,7 +462,7 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
                         reply_len,
                         pending.started,
                     );
-                    replied(conn, service, pending.close_after, pending.may_send_more)
+                    replied(conn, service, pending.close_after, pending.may_send_more, pending.started)
                 }
                 Ok(n) => {
                     pending.rest.drain(..n);

@@ -12,7 +12,7 @@
 use std::{
     hint,
     panic::{self, AssertUnwindSafe},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +24,7 @@ use crate::{
     conn::{self, Conn, Step},
     error::Error,
     service::Service,
-    stats::{Ending, OpenCount, Summary},
+    stats::{Ending, Gauges, OpenCount, Summary},
     waiting::{Door, WaitingRoom},
 };
 
@@ -39,14 +39,16 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
+    /// Starts `workers` threads taking from `queue` (made by the caller, who may also watch its length).
     pub(crate) fn start(
         workers: usize,
-        queue_size: usize,
+        (queue, jobs): (Sender<Conn>, Receiver<Conn>),
         service: Arc<Service>,
         open: Arc<OpenCount>,
+        gauges: Arc<Gauges>,
     ) -> Result<Pool, Error> {
-        let (queue, jobs) = crossbeam_channel::bounded(queue_size);
-        let (room, door) = WaitingRoom::new(queue.clone(), Arc::clone(&service), Arc::clone(&open))?;
+        let (room, door) =
+            WaitingRoom::new(queue.clone(), Arc::clone(&service), Arc::clone(&open), Arc::clone(&gauges))?;
         let (alive, finished) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::with_capacity(workers + 1);
         let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
@@ -67,11 +69,12 @@ impl Pool {
         for id in 0..workers {
             let (jobs, door, service, alive) =
                 (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
+            let gauges = Arc::clone(&gauges);
             threads.push(spawn(
                 format!("worker-{id}"),
                 Box::new(move || {
                     let _alive = alive;
-                    work(&jobs, &door, &service);
+                    work(&jobs, &door, &service, &gauges);
                 }),
             )?);
         }
@@ -162,11 +165,14 @@ fn next_job(jobs: &Receiver<Conn>) -> Option<Conn> {
 }
 
 /// A worker: serves queued connections until the queue is closed and empty.
-fn work(jobs: &Receiver<Conn>, door: &Door, service: &Service) {
+fn work(jobs: &Receiver<Conn>, door: &Door, service: &Service, gauges: &Gauges) {
     let mut buf = vec![0; service.max_request];
     while let Some(conn) = next_job(jobs) {
         let who = conn.who();
-        match panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, &mut buf))) {
+        gauges.busy_workers.fetch_add(1, Relaxed);
+        let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, &mut buf)));
+        gauges.busy_workers.fetch_sub(1, Relaxed);
+        match served {
             Ok(Step::Wait(waiting)) => door.admit(waiting),
             Ok(Step::Done) => {}
             // The connection was dropped (and closed, and uncounted) as the panic unwound.

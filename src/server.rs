@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::{
@@ -25,9 +26,10 @@ use crate::{
     error::Error,
     handler::{Builtin, Handler},
     listener::Listener,
+    monitor::Monitor,
     pool::Pool,
     service::Service,
-    stats::{Open, OpenCount, Summary},
+    stats::{Gauges, Open, OpenCount, Summary},
     systemd::{self, Notifier},
 };
 
@@ -44,6 +46,11 @@ pub struct Server {
     stop: ShutdownHandle,
     /// The id of the last connection accepted.
     last_id: u64,
+    open: Arc<OpenCount>,
+    gauges: Arc<Gauges>,
+    /// The queue from the accept loop and the waiting room to the workers, made here so that a `Monitor`
+    /// can read its length before the pool starts.
+    queue: (Sender<Conn>, Receiver<Conn>),
 }
 
 /// Asks a running server to stop accepting and drain; the accept loop sees it within `ACCEPT_TICK`. Cheap to
@@ -103,7 +110,18 @@ impl Server {
     fn with_listener(config: Config, handler: impl Handler, listener: Listener) -> Server {
         let protocol = handler.name();
         let service = Arc::new(Service::new(&config, Box::new(handler)));
-        Server { config, service, protocol, listener, stop: ShutdownHandle::default(), last_id: 0 }
+        let queue = crossbeam_channel::bounded(config.queue);
+        Server {
+            config,
+            service,
+            protocol,
+            listener,
+            stop: ShutdownHandle::default(),
+            last_id: 0,
+            open: Arc::default(),
+            gauges: Arc::default(),
+            queue,
+        }
     }
 
     /// The address actually bound (port 0 resolved).
@@ -113,6 +131,17 @@ impl Server {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()
+    }
+
+    /// A handle that reads the server's numbers while it runs (and after).
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            service: Arc::clone(&self.service),
+            open: Arc::clone(&self.open),
+            gauges: Arc::clone(&self.gauges),
+            queue: self.queue.1.clone(),
+            workers: self.config.workers,
+        }
     }
 
     /// Serves until a shutdown is requested, then stops accepting and lets open connections finish within
@@ -134,8 +163,14 @@ impl Server {
             "listening on {addr} (workers {}, queue {}, {socket}, {}{conversations})",
             config.workers, config.queue, self.protocol
         );
-        let open = Arc::new(OpenCount::default());
-        let pool = Pool::start(config.workers, config.queue, Arc::clone(&self.service), Arc::clone(&open))?;
+        let open = Arc::clone(&self.open);
+        let pool = Pool::start(
+            config.workers,
+            self.queue.clone(),
+            Arc::clone(&self.service),
+            Arc::clone(&open),
+            Arc::clone(&self.gauges),
+        )?;
         let mut notifier = Notifier::from_env();
         if let Some(notifier) = &notifier {
             notifier.ready(&format!("serving on {addr}"));
@@ -150,8 +185,9 @@ impl Server {
         if !inherited {
             self.accept_already_queued(&pool, &open);
         }
-        let Server { config, listener, .. } = self;
-        drop(listener);
+        // The queue's last sender outside the pool goes too, or the workers would wait for more forever.
+        let Server { config, listener, queue, .. } = self;
+        drop((listener, queue));
         let stopped = if inherited {
             format!("stopped accepting on {addr} (queued clients stay for the next process)")
         } else {

@@ -11,6 +11,7 @@ use std::{
             Ordering::{Relaxed, SeqCst},
         },
     },
+    time::Duration,
 };
 
 /// The counters of what happened to connections and messages. Relaxed: they are read only for reports.
@@ -24,6 +25,51 @@ pub(crate) struct Stats {
     hung_up: AtomicU64,
     idle_closed: AtomicU64,
     errors: AtomicU64,
+    service_times: ServiceTimes,
+}
+
+/// Upper bounds of the buckets of the service-time histogram, in microseconds: from 50 µs, where a message
+/// on loopback is answered, to 5 s, where a reply to a slow reader ends.
+const SERVICE_BOUNDS_US: [u64; 14] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000];
+
+/// How long messages took, from their read to the end of their reply, counted in buckets.
+#[derive(Debug, Default)]
+struct ServiceTimes {
+    /// One more than the bounds: the last bucket counts everything longer.
+    buckets: [AtomicU64; SERVICE_BOUNDS_US.len() + 1],
+    total_us: AtomicU64,
+}
+
+impl ServiceTimes {
+    fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = SERVICE_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.total_us.fetch_add(us, Relaxed);
+    }
+
+    fn histogram(&self) -> ServiceHistogram {
+        let counts = self.buckets.iter().map(|bucket| bucket.load(Relaxed)).collect();
+        ServiceHistogram { counts, total: Duration::from_micros(self.total_us.load(Relaxed)) }
+    }
+}
+
+/// The service-time histogram: how many messages took at most each bound, from their read to the end of
+/// their reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceHistogram {
+    /// Per bucket, not cumulative; the last counts the messages longer than every bound.
+    pub counts: Vec<u64>,
+    /// All the messages' times added up.
+    pub total: Duration,
+}
+
+impl ServiceHistogram {
+    /// The buckets' upper bounds, one fewer than `counts`.
+    pub fn bounds() -> impl Iterator<Item = Duration> {
+        SERVICE_BOUNDS_US.iter().map(|&us| Duration::from_micros(us))
+    }
 }
 
 /// How a connection ended, for the counters.
@@ -48,8 +94,10 @@ impl Stats {
         self.connections.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn answered(&self) {
+    /// One more message answered, `took` from its read to the end of its reply.
+    pub(crate) fn answered(&self, took: Duration) {
         self.messages.fetch_add(1, Relaxed);
+        self.service_times.record(took);
     }
 
     pub(crate) fn count(&self, ending: Ending) {
@@ -62,6 +110,10 @@ impl Stats {
             Ending::Error => &self.errors,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn service_times(&self) -> ServiceHistogram {
+        self.service_times.histogram()
     }
 
     pub(crate) fn summary(&self) -> Summary {
@@ -89,6 +141,15 @@ impl OpenCount {
     pub(crate) fn get(&self) -> usize {
         self.0.load(SeqCst)
     }
+}
+
+/// What the pool is doing right now, for a monitor: each written by the one place that knows it.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    /// Workers serving a message (written by the workers).
+    pub(crate) busy_workers: CachePadded<AtomicUsize>,
+    /// Connections in the waiting room (written by the room).
+    pub(crate) waiting: CachePadded<AtomicUsize>,
 }
 
 /// One open connection's place in the count: taken at accept, given back when the connection is dropped.

@@ -13,7 +13,7 @@ use std::{
     collections::BinaryHeap,
     io,
     os::fd::{AsRawFd, RawFd},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -25,7 +25,7 @@ use crate::{
     epoll::{self, Epoll, Waker},
     error::Error,
     service::Service,
-    stats::OpenCount,
+    stats::{Gauges, OpenCount},
 };
 
 /// The waker's token; connection tokens are their descriptors, which are never negative.
@@ -74,6 +74,9 @@ pub(crate) struct WaitingRoom {
     queue: Sender<Conn>,
     service: Arc<Service>,
     open: Arc<OpenCount>,
+    gauges: Arc<Gauges>,
+    /// How many connections wait here now.
+    count: usize,
     /// Indexed by descriptor: dense and small, so no hashing.
     slots: Vec<Slot>,
     /// Deadlines, earliest first, at most one live entry per connection: a connection that comes back with a
@@ -89,6 +92,7 @@ impl WaitingRoom {
         queue: Sender<Conn>,
         service: Arc<Service>,
         open: Arc<OpenCount>,
+        gauges: Arc<Gauges>,
     ) -> Result<(WaitingRoom, Door), Error> {
         let failed = |what| move |source| Error::Io { what, source };
         let epoll = Epoll::new().map_err(failed("create the waiting room's epoll"))?;
@@ -102,6 +106,8 @@ impl WaitingRoom {
             queue,
             service,
             open,
+            gauges,
+            count: 0,
             slots: Vec::new(),
             timers: BinaryHeap::new(),
             buf: vec![0; 64 * 1024],
@@ -149,11 +155,19 @@ impl WaitingRoom {
                 self.admit(waiting);
             }
             self.expire();
+            self.gauges.waiting.store(self.count, Relaxed);
         }
     }
 
+    /// Takes the connection waiting on `fd`, if one is.
+    fn take(&mut self, fd: RawFd) -> Option<Waiting> {
+        let waiting = self.slots.get_mut(fd as usize)?.waiting.take()?;
+        self.count -= 1;
+        Some(waiting)
+    }
+
     fn ready(&mut self, fd: RawFd) {
-        let Some(waiting) = self.slots.get_mut(fd as usize).and_then(|slot| slot.waiting.take()) else {
+        let Some(waiting) = self.take(fd) else {
             // Its connection left already (the stop sweep sent it on): nothing waits for this event.
             return;
         };
@@ -206,6 +220,7 @@ impl WaitingRoom {
         }
         slot.registered = Some(id);
         slot.waiting = Some(waiting);
+        self.count += 1;
         if !matches!(slot.timer, Some((timer_id, at)) if timer_id == id && at <= deadline) {
             slot.timer = Some((id, deadline));
             self.timers.push(Reverse((deadline, id, fd)));
@@ -227,7 +242,7 @@ impl WaitingRoom {
             slot.timer = None;
             match &slot.waiting {
                 Some(waiting) if waiting.conn.id() == id && waiting.deadline <= now => {
-                    if let Some(waiting) = slot.waiting.take() {
+                    if let Some(waiting) = self.take(fd) {
                         conn::expired(waiting.conn, &self.service);
                     }
                 }
@@ -251,6 +266,7 @@ impl WaitingRoom {
             .filter(|slot| slot.waiting.as_ref().is_some_and(|w| w.conn.is_idle()))
             .filter_map(|slot| slot.waiting.take())
             .collect();
+        self.count -= idle.len();
         for waiting in idle {
             let ready = conn::stop_idle(waiting.conn, &self.service);
             self.route(ready);

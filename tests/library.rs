@@ -267,3 +267,45 @@ fn a_stop_closes_idle_conversations_at_once_and_answers_the_message_in_flight() 
     let summary = running.finish();
     assert_eq!((summary.messages, summary.idle_closed, summary.served), (2, 1, 1));
 }
+
+#[test]
+fn a_monitor_sees_busy_workers_queued_messages_and_waiting_connections() {
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release) = crossbeam_channel::unbounded();
+    let mut config = config(1);
+    config.keep_alive = true;
+    let server = Server::bind_with(config, Gate { entered, release }).unwrap();
+    let monitor = server.monitor();
+    let running = Running::start(server);
+    let mut idle = connect(running.addr);
+    idle.write_all(b"hello").unwrap();
+    assert_eq!(read_exactly(&mut idle, 2), b"ok");
+    let mut holding = connect(running.addr);
+    holding.write_all(b"hold").unwrap();
+    entered_rx.recv_timeout(WAIT).expect("the only worker is held");
+    let mut queued = connect(running.addr);
+    queued.write_all(b"next").unwrap();
+
+    // The queued message and the idle conversation show up as soon as the server has taken them in.
+    let deadline = std::time::Instant::now() + WAIT;
+    let snapshot = loop {
+        let snapshot = monitor.snapshot();
+        if snapshot.queued == 1 && snapshot.waiting == 1 || std::time::Instant::now() > deadline {
+            break snapshot;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((snapshot.busy_workers, snapshot.workers), (1, 1), "{snapshot:?}");
+    assert_eq!((snapshot.queued, snapshot.waiting, snapshot.open), (1, 1, 3), "{snapshot:?}");
+    assert_eq!(snapshot.queue_capacity, 1024);
+    assert_eq!(snapshot.summary.messages, 1);
+    assert_eq!(snapshot.service_times.counts.iter().sum::<u64>(), 1);
+
+    release_tx.send(()).unwrap();
+    assert_eq!(read_exactly(&mut holding, 2), b"ok");
+    assert_eq!(read_exactly(&mut queued, 2), b"ok");
+    drop((idle, holding, queued));
+    let summary = running.stop();
+    assert_eq!(summary.messages, 3);
+    assert_eq!(monitor.snapshot().open, 0);
+}
