@@ -21,7 +21,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub const REPLY: &str = "信息已收到";
 
 /// Every variable the binary reads; cleared so the developer's environment cannot leak into a test.
-const VARS: &[&str] = &[
+pub const VARS: &[&str] = &[
     "NOTIFY_SOCKET",
     "LISTEN_PID",
     "LISTEN_FDS",
