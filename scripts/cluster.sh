@@ -37,7 +37,8 @@ commands:
   -h, --help    this text
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 this machine cannot run a cluster (not root, a tool missing,
-network namespaces not permitted).
+network namespaces not permitted). An 'up' that fails removes what it made, unless CLUSTER_KEEP=1 is set (to
+look at it; 'down' removes it then).
 USAGE
 }
 
@@ -117,11 +118,11 @@ is_number() {
 if [ -n "$hosts" ]; then
     is_number "$hosts" && [ "$hosts" -ge 1 ] && [ "$hosts" -le 50 ] || die "--hosts '$hosts': must be 1 to 50"
 fi
-for p in "$port" "$conv_port"; do
-    if [ -n "$p" ]; then
-        is_number "$p" && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "port '$p': must be 1 to 65535"
-    fi
-done
+check_port() {
+    [ -z "$2" ] || { is_number "$2" && [ "$2" -ge 1 ] && [ "$2" -le 65535 ]; } || die "$1 '$2': must be 1 to 65535"
+}
+check_port --port "$port"
+check_port --conv-port "$conv_port"
 if [ -n "$drain_timeout" ]; then
     is_number "$drain_timeout" || die "--drain-timeout '$drain_timeout': a whole number of seconds"
 fi
@@ -289,35 +290,42 @@ host_number() {
     echo "$((10#$h))"
 }
 
-# Starts one pool's poolserver on host K and waits until it listens. New log lines are appended to the log.
+# Whether LOG, from byte OFFSET on, has a line that matches the extended regular expression PATTERN. (awk
+# reads to the end: stopping early could make tail fail with SIGPIPE, and pipefail report that.)
+log_has() {
+    tail -c "+$(($2 + 1))" "$1" | PATTERN=$3 awk '$0 ~ ENVIRON["PATTERN"] { found = 1 } END { exit !found }'
+}
+
+# Starts one pool's poolserver on host K and waits until it listens. Its log is appended to the pool's log
+# file; where it starts is kept, so that later waits read only this process's lines.
 start_backend() {
     local k=$1 pool=$2 what="h$1-$2" log="$state/h$1-$2.log"
     local before pid deadline
     touch "$log"
-    before=$(wc -l <"$log")
+    before=$(stat -c %s "$log")
     # shellcheck disable=SC2086 # pool_args holds whole options, split on purpose
     setsid ip netns exec "$(host_ns "$k")" "$bin" serve --bind "$(host_addr "$k"):${pool_port[$pool]}" \
         --proxy-protocol ${pool_args[$pool]} </dev/null >>"$log" 2>&1 &
     pid=$!
     track "$what" "$pid"
     deadline=$(($(now_us) + 15000000))
-    until tail -n "+$((before + 1))" "$log" | grep -q 'listening on '; do
+    until log_has "$log" "$before" 'listening on '; do
         if [ -z "$(tracked_pid "$what")" ] || [ "$(now_us)" -ge "$deadline" ]; then
             tail -n 5 "$log" >&2
             fail "poolserver for $what did not start listening; its log is $log"
         fi
         sleep 0.02
     done
-    echo "$before" >"$state/$what.started-at-line"
+    echo "$before" >"$state/$what.log-offset"
 }
 
 # Waits until the newest process of a pool on host K has answered one of HAProxy's health checks: a line
 # from the load balancer's own address with no client before it (checks send a PROXY v2 LOCAL header).
 wait_checked() {
     local k=$1 pool=$2 log="$state/h$1-$2.log" before deadline
-    before=$(cat "$state/h$k-$pool.started-at-line")
+    before=$(cat "$state/h$k-$pool.log-offset")
     deadline=$(($(now_us) + 15000000))
-    until tail -n "+$((before + 1))" "$log" | grep -qE "\] ${lb_addr//./\\.}:[0-9]+ (served|message 1):"; do
+    until log_has "$log" "$before" "[]] ${lb_addr//./[.]}:[0-9]+ (served|message 1):"; do
         [ "$(now_us)" -lt "$deadline" ] || fail "no health check reached h$k's $pool backend within 15 s; see $log"
         sleep 0.02
     done
@@ -379,11 +387,11 @@ EOF
     tcp-check connect default
     tcp-check send hello
     tcp-check expect binary e4bfa1e681afe5b7b2e694b6e588b0
-    # inter/fall/rise: a host that stops answering is out after 2 failed checks 500 ms apart (a check
-    # that gets no answer fails after 500 ms), and back after one good check.
-    # observe layer4: a failed connection of real traffic counts too; the first one marks the server
-    # down at once (and the checks bring it back when it answers).
-    default-server send-proxy-v2 check check-send-proxy inter 500ms fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down
+    # inter/fall/rise: a host that stops answering is out after 2 failed checks (a check every 500 ms, and
+    # one that gets no answer fails after 500 ms: at most 2 s), and back after one good check.
+    # observe layer4: real traffic counts too: 3 failed connections in a row mark the server down at once,
+    # well before the checks when clients are coming (and the checks bring it back when it answers).
+    default-server send-proxy-v2 check check-send-proxy inter 500ms fall 2 rise 1 observe layer4 error-limit 3 on-error mark-down
 EOF
             for ((k = 1; k <= hosts; k++)); do
                 echo "    server h$k $(host_addr "$k"):${pool_port[$pool]}"
@@ -398,7 +406,9 @@ preflight() {
     for tool in ip:iproute2 haproxy:haproxy socat:socat setsid:util-linux; do
         command -v "${tool%%:*}" >/dev/null 2>&1 || cannot "'${tool%%:*}' not found (Debian package ${tool#*:})"
     done
-    haproxy -vv 2>/dev/null | grep -q '+NS' || cannot "this haproxy is built without network namespace support (+NS)"
+    local features
+    features=$(haproxy -vv 2>/dev/null || true)
+    [[ "$features" == *+NS* ]] || cannot "this haproxy is built without network namespace support (+NS)"
     if [ -z "$bin" ]; then
         cargo build --release --quiet --manifest-path "$root/Cargo.toml"
         bin="$root/target/release/poolserver"
@@ -418,7 +428,7 @@ cmd_up() {
     chmod 700 "$state"
     save_state
     # Anything that fails from here on leaves nothing behind.
-    [ -n "${CLUSTER_KEEP:-}" ] || trap 'echo "cluster.sh: up failed; removing what it made" >&2; cmd_down >/dev/null' EXIT
+    [ -n "${CLUSTER_KEEP:-}" ] || trap 'echo "cluster.sh: up failed; removing what it made (CLUSTER_KEEP=1 keeps it for a look, then run down)" >&2; cmd_down >/dev/null' EXIT
 
     ip netns add "$lb_ns" 2>"$state/netns.err" || cannot "cannot create a network namespace: $(cat "$state/netns.err")"
     echo "$lb_ns" >>"$state/namespaces"
