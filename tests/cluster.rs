@@ -154,29 +154,40 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
     (one.local_addr().unwrap(), two.local_addr().unwrap())
 }
 
-/// `poolserver stress` against the one-shot front, in the background.
-fn stress(front: SocketAddr, duration: &str, timeout: &str) -> Child {
-    let front = front.to_string();
-    let args = [
-        "stress",
-        "--addr",
-        &front,
-        "--clients",
-        "8",
-        "--duration",
-        duration,
-        "--timeout",
-        timeout,
-        "--json",
-    ];
-    support::command(&args, &[]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap()
+/// `poolserver stress` against the one-shot front, running in the background; killed by its PID if the test
+/// ends before it does.
+struct Stress(Child);
+
+impl Stress {
+    fn start(front: SocketAddr, duration: &str, timeout: &str) -> Stress {
+        let front = front.to_string();
+        let args =
+            ["--addr", &front, "--clients", "8", "--duration", duration, "--timeout", timeout, "--json"];
+        let mut cmd = support::command(&["stress"], &[]);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        Stress(cmd.spawn().expect("spawn poolserver stress"))
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Waits for the run to end (its duration and timeouts bound it) and returns its JSON report.
+    fn report(mut self) -> Value {
+        let stdout = reader(self.0.stdout.take().expect("piped stdout"));
+        support::wait_child(&mut self.0, Duration::from_secs(60)).expect("stress ends within its own bounds");
+        let stdout = stdout.recv_timeout(WAIT).unwrap_or_default();
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    }
 }
 
-fn report(mut stress: Child) -> Value {
-    let stdout = reader(stress.stdout.take().unwrap());
-    support::wait_child(&mut stress, Duration::from_secs(60)).expect("stress ends within its own bounds");
-    let stdout = stdout.recv_timeout(WAIT).unwrap_or_default();
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+impl Drop for Stress {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// One conversation: `messages` messages, each answered, then our goodbye and the server's close.
@@ -213,7 +224,8 @@ fn converse(
     stream.local_addr()
 }
 
-/// Clients holding conversations of ten messages, one after another, until stopped.
+/// Clients holding conversations of ten messages, one after another, until stopped (at the latest when
+/// this is dropped).
 struct Conversations {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -265,6 +277,12 @@ impl Conversations {
         }
         let failures = self.failures.lock().unwrap().clone();
         (self.ok.load(SeqCst), failures)
+    }
+}
+
+impl Drop for Conversations {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
     }
 }
 
@@ -335,14 +353,14 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
 
     // A full roll while one-shot clients and conversations keep coming: nobody notices.
     let pids_before: Vec<i32> = rows.values().map(|r| r.pid).collect();
-    let mut load = stress(cluster.front, "15s", "5s");
+    let mut load = Stress::start(cluster.front, "15s", "5s");
     let talks = Conversations::start(cluster.conv_front, 4, Duration::from_secs(5));
     talks.wait_for_more(20);
     let roll = cluster.ok(&["roll"]);
     assert!(roll.contains("rolled 3 hosts"), "{roll}");
-    assert!(load.try_wait().unwrap().is_none(), "the stress run ended before the roll did; it must span it");
+    assert!(load.is_running(), "the stress run ended before the roll did; it must span it");
     let (talked, failed_talks) = talks.finish();
-    let during_roll = report(load);
+    let during_roll = load.report();
     assert_eq!(during_roll["failed"], 0, "one-shot clients failed during the roll: {during_roll}");
     assert!(during_roll["ok"].as_u64().unwrap() > 0, "{during_roll}");
     assert!(
@@ -366,7 +384,7 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
     eprintln!("roll: {} one-shot clients and {talked} conversations served, none failed", during_roll["ok"]);
 
     // Host 2 loses its link under load: HAProxy takes it out; only what was in flight there may fail.
-    let load = stress(cluster.front, "8s", "2s");
+    let load = Stress::start(cluster.front, "8s", "2s");
     let talks = Conversations::start(cluster.conv_front, 4, Duration::from_secs(2));
     talks.wait_for_more(20);
     let cut = cluster.ok(&["fail", "2", "--how", "link"]);
@@ -377,7 +395,7 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
     assert_eq!(sum_total(&rows, "h2"), frozen, "no new client goes to h2 once it is out: {rows:?}");
     assert!(rows.iter().filter(|((h, _), _)| h == "h2").all(|(_, r)| r.state == "DOWN"), "{rows:?}");
     let (talked, failed_talks) = talks.finish();
-    let across_failure = report(load);
+    let across_failure = load.report();
     let failed = across_failure["failed"].as_u64().unwrap();
     assert!(failed <= 8, "more one-shot clients failed than were in flight (8 clients): {across_failure}");
     assert!(failed_talks.len() <= 4, "more conversations failed than were in flight: {failed_talks:?}");
@@ -395,7 +413,7 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
     assert!(healed.contains("back in rotation"), "{healed}");
     let rows = cluster.status();
     assert!(rows.values().all(|r| r.state == "UP"), "{rows:?}");
-    let after_heal = report(stress(cluster.front, "1s", "5s"));
+    let after_heal = Stress::start(cluster.front, "1s", "5s").report();
     assert_eq!(after_heal["failed"], 0, "{after_heal}");
     let rows = cluster.status();
     assert!(sum_total(&rows, "h2") > frozen, "h2 serves again: {rows:?}");
