@@ -188,8 +188,8 @@ tracked_pid() {
     fi
 }
 
-# Signals a tracked process and waits up to SECONDS for it to exit; SIGKILL after that if KILL_AFTER is set.
-# Returns 1 if it is still running.
+# Sends SIGNAL to a tracked process (0: none, it has had one) and waits up to SECONDS for it to exit; SIGKILL
+# after that if KILL_AFTER is set. Returns 1 if it is still running.
 stop_tracked() {
     local what=$1 signal=$2 within=$3 kill_after=${4:-}
     local pid
@@ -217,6 +217,17 @@ wait_gone() {
 
 api() {
     printf '%s\n' "$1" | socat -t 2 -T 5 stdio "UNIX-CONNECT:$state/haproxy.sock"
+}
+
+# A command that changes something: HAProxy answers nothing when it is done, and says why when it is not.
+api_do() {
+    local answer
+    answer=$(api "$1") || fail "HAProxy's runtime API ($state/haproxy.sock) did not take '$1'"
+    [ -z "${answer//[[:space:]]/}" ] || fail "HAProxy refused '$1': $answer"
+}
+
+haproxy_running() {
+    [ -n "$(tracked_pid haproxy)" ] || fail "HAProxy of cluster '$name' is not running (its log: $state/haproxy.log)"
 }
 
 # One field of `show stat` (by its column name) for server SERVER of backend POOL.
@@ -258,6 +269,7 @@ wait_all() {
     local deadline=$(($(now_us) + within * 1000000)) entry
     for entry in "$@"; do
         until "$test" "$entry"; do
+            haproxy_running
             [ "$(now_us)" -lt "$deadline" ] || return 1
             sleep 0.02
         done
@@ -280,6 +292,11 @@ save_state() {
         printf 'conv_port=%q\n' "$conv_port"
         printf 'bin=%q\n' "$bin"
     } >"$state/cluster.env"
+}
+
+# The namespaces named as this cluster's are, whoever made them.
+cluster_namespaces() {
+    ip netns list 2>/dev/null | awk -v name="$name" '$1 ~ "^" name "-(lb|host|h[0-9]+)$" { print $1 }'
 }
 
 # Host number from "2" or "h2" (or "NAME-h2").
@@ -424,6 +441,9 @@ cmd_up() {
     [ "$port" != "$conv_port" ] || die "--port and --conv-port must differ"
     preflight
     [ ! -e "$state" ] || fail "cluster '$name' is already up (state in $state); 'down' first, or pick another --name"
+    local stale
+    stale=$(cluster_namespaces)
+    [ -z "$stale" ] || fail "namespaces of cluster '$name' exist already (${stale//$'\n'/ }); 'down' removes them"
     mkdir -p "$state"
     chmod 700 "$state"
     save_state
@@ -485,7 +505,7 @@ cmd_up() {
 
 cmd_status() {
     load_state
-    [ -n "$(tracked_pid haproxy)" ] || fail "HAProxy of cluster '$name' is not running; 'down' cleans up"
+    haproxy_running
     local stats
     stats=$(api "show stat")
     echo "cluster $name: one-shot 127.0.0.1:$port, conversations 127.0.0.1:$conv_port"
@@ -516,13 +536,13 @@ roll_host() {
     local k=$1 pool t0 t_drained t_stopped t_back sessions
     t0=$(now_us)
     for pool in "${pools[@]}"; do
-        api "set server $pool/h$k state drain" >/dev/null
+        api_do "set server $pool/h$k state drain"
     done
     local deadline=$((t0 + drain_timeout * 1000000)) left
     while :; do
         left=0
         for pool in "${pools[@]}"; do
-            sessions=$(stat_field "$pool" "h$k" scur)
+            sessions=$(stat_field "$pool" "h$k" scur) || fail "cannot read h$k's sessions from HAProxy"
             left=$((left + ${sessions:-0}))
         done
         [ "$left" -gt 0 ] || break
@@ -546,7 +566,7 @@ roll_host() {
     done
     wait_all checked_up 15 "oneshot/h$k" "conversations/h$k" || fail "HAProxy does not report h$k up after its health check"
     for pool in "${pools[@]}"; do
-        api "set server $pool/h$k state ready" >/dev/null
+        api_do "set server $pool/h$k state ready"
     done
     t_back=$(now_us)
     echo "h$k: drained in $(seconds $((t_drained - t0))), stopped in $(seconds $((t_stopped - t_drained))),"\
@@ -557,7 +577,7 @@ cmd_roll() {
     local new_bin=$bin
     load_state
     drain_timeout=${drain_timeout:-30}
-    [ -n "$(tracked_pid haproxy)" ] || fail "HAProxy of cluster '$name' is not running"
+    haproxy_running
     local k
     for ((k = 1; k <= hosts; k++)); do
         [ ! -f "$state/h$k.failed" ] || fail "h$k is cut off ($(cat "$state/h$k.failed")); 'heal $k' first"
@@ -579,9 +599,10 @@ cmd_fail() {
     load_state
     local k t0 how=${how:-link} pool before=0 sessions
     k=$(host_number "$host_arg")
+    haproxy_running
     [ ! -f "$state/h$k.failed" ] || fail "h$k is already cut off ($(cat "$state/h$k.failed"))"
     for pool in "${pools[@]}"; do
-        sessions=$(stat_field "$pool" "h$k" scur)
+        sessions=$(stat_field "$pool" "h$k" scur) || fail "cannot read h$k's sessions from HAProxy"
         before=$((before + ${sessions:-0}))
     done
     t0=$(now_us)
@@ -621,6 +642,7 @@ cmd_heal() {
     load_state
     local k t0 pool
     k=$(host_number "$host_arg")
+    haproxy_running
     [ -f "$state/h$k.failed" ] || fail "h$k is not cut off"
     t0=$(now_us)
     case "$(cat "$state/h$k.failed")" in
@@ -637,23 +659,33 @@ cmd_heal() {
 }
 
 cmd_down() {
-    local found=false what file ns
+    local found=false what file ns pid
     if [ -d "$state" ]; then
         found=true
-        stop_tracked haproxy TERM 5 kill || true
+        # HAProxy first, so that no new client arrives and the backends' connections end; then every
+        # backend at once, each given its own shutdown_timeout (10 s) to finish, and SIGKILL after that.
+        stop_tracked haproxy TERM 5 kill || echo "cluster.sh: could not stop HAProxy" >&2
         for file in "$state"/*.pid; do
             [ -e "$file" ] || continue
             what=$(basename "$file" .pid)
-            stop_tracked "$what" TERM 12 kill || echo "cluster.sh: could not stop $what" >&2
+            pid=$(tracked_pid "$what")
+            [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true
+        done
+        for file in "$state"/*.pid; do
+            [ -e "$file" ] || continue
+            what=$(basename "$file" .pid)
+            # Signal 0: no second SIGTERM, which would make poolserver give up its drain.
+            stop_tracked "$what" 0 12 kill || echo "cluster.sh: could not stop $what" >&2
         done
     fi
     # The recorded namespaces, and any of this cluster's that an interrupted 'up' did not get to record.
     local namespaces
     namespaces=$({
         [ -f "$state/namespaces" ] && cat "$state/namespaces"
-        ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$name-(lb|host|h[0-9]+)\$"
+        cluster_namespaces
     } | sort -u || true)
     for ns in $namespaces; do
+        [ -e "/run/netns/$ns" ] || continue
         found=true
         # Deleting the namespace deletes the veth pairs and the bridge inside it.
         ip netns delete "$ns" 2>/dev/null || echo "cluster.sh: could not delete namespace $ns" >&2
