@@ -138,10 +138,7 @@ impl Config {
             return bad("reply", "must not be empty: a client could not tell it from a close".to_owned());
         }
         if self.busy_reply.is_empty() {
-            return bad(
-                "busy_reply",
-                "must not be empty: a client could not tell it from a close".to_owned(),
-            );
+            return bad("busy_reply", "must not be empty: a client could not tell it from a close".to_owned());
         }
         Ok(())
     }

@@ -130,9 +130,9 @@ pub(crate) struct Waiting {
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, open: Open, service: &Service) -> Conn {
-        let rare = service
-            .proxy_protocol
-            .then(|| Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() }));
+        let rare = service.proxy_protocol.then(|| {
+            Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() })
+        });
         Conn {
             stream,
             peer,
@@ -177,11 +177,9 @@ impl Conn {
         let deadline = match self.phase {
             Phase::New => self.first_deadline(service),
             Phase::Idle(since) => since + service.idle_timeout,
-            Phase::Writing => self
-                .rare
-                .as_ref()
-                .and_then(|rare| rare.pending.as_ref())
-                .map_or_else(Instant::now, |p| p.deadline),
+            Phase::Writing => {
+                self.rare.as_ref().and_then(|rare| rare.pending.as_ref()).map_or_else(Instant::now, |p| p.deadline)
+            }
             Phase::Lingering { since, .. } => since + service.read_timeout,
         };
         Step::Wait(Waiting { conn: self, interest, deadline })
@@ -354,14 +352,7 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
 }
 
 /// The access log line for one answered message.
-fn log_answer(
-    conn: &Conn,
-    keep_alive: bool,
-    message_len: usize,
-    preview: &dyn fmt::Display,
-    reply_len: usize,
-    started: Instant,
-) {
+fn log_answer(conn: &Conn, keep_alive: bool, message_len: usize, preview: &dyn fmt::Display, reply_len: usize, started: Instant) {
     if !keep_alive {
         info!(
             target: "access",
@@ -429,14 +420,7 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
             match write_some(&conn.stream, &pending.rest) {
                 Ok(n) if n == pending.rest.len() => {
                     let reply_len = pending.written + n;
-                    log_answer(
-                        &conn,
-                        service.keep_alive,
-                        pending.message_len,
-                        &pending.preview,
-                        reply_len,
-                        pending.started,
-                    );
+                    log_answer(&conn, service.keep_alive, pending.message_len, &pending.preview, reply_len, pending.started);
                     replied(conn, service, pending.close_after, pending.may_send_more)
                 }
                 Ok(n) => {

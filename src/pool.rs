@@ -65,8 +65,7 @@ impl Pool {
             }),
         )?);
         for id in 0..workers {
-            let (jobs, door, service, alive) =
-                (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
+            let (jobs, door, service, alive) = (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
             threads.push(spawn(
                 format!("worker-{id}"),
                 Box::new(move || {

@@ -80,11 +80,7 @@ impl Server {
     /// Serves `handler`'s protocol on a listening socket the caller made; `config.bind`, `backlog` and
     /// `reuse_port` are not used. At the stop the server closes it, after taking in the clients the kernel
     /// had already queued.
-    pub fn from_listener(
-        listener: TcpListener,
-        config: Config,
-        handler: impl Handler,
-    ) -> Result<Server, Error> {
+    pub fn from_listener(listener: TcpListener, config: Config, handler: impl Handler) -> Result<Server, Error> {
         config.validate()?;
         let listener = Listener::from_std(listener, false)?;
         Ok(Server::with_listener(config, handler, listener))

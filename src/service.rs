@@ -31,11 +31,7 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    pub(crate) fn new(
-        config: &Config,
-        protocol: Box<dyn Protocol>,
-        defer_accept: Option<Duration>,
-    ) -> Service {
+    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>, defer_accept: Option<Duration>) -> Service {
         Service {
             protocol,
             busy_reply: config.busy_reply.as_bytes().into(),
