@@ -18,8 +18,10 @@ pub const DEFAULT_MAX_REQUEST: usize = 1024;
 /// Large enough that bursts of a few hundred clients wait in line instead of being turned away.
 pub const DEFAULT_QUEUE: usize = 1024;
 /// Well above the 128 that std and most tutorials use: at 128 a burst of clients overflows the kernel's
-/// accept queue and each dropped SYN costs its client a one-second retransmit.
-pub const DEFAULT_BACKLOG: u32 = 1024;
+/// accept queue and each dropped SYN costs its client a one-second retransmit. Under a flood of silent
+/// clients (SYN cookies) an overflow is worse: the handshake of a client that then stays silent is lost
+/// without the server ever seeing it. 4096 is Linux's default `net.core.somaxconn`, which caps it anyway.
+pub const DEFAULT_BACKLOG: u32 = 4096;
 /// How long a conversation may sit silent between messages before the server closes it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -138,7 +140,10 @@ impl Config {
             return bad("reply", "must not be empty: a client could not tell it from a close".to_owned());
         }
         if self.busy_reply.is_empty() {
-            return bad("busy_reply", "must not be empty: a client could not tell it from a close".to_owned());
+            return bad(
+                "busy_reply",
+                "must not be empty: a client could not tell it from a close".to_owned(),
+            );
         }
         Ok(())
     }

@@ -37,6 +37,10 @@ use crate::{
 /// the reply could then reset the client, so such a connection lingers (see `close_gracefully`). Shorter
 /// messages arrive in one segment, and the common one closes at once.
 const LINGER_FROM: usize = 1024;
+/// The kernel's first SYN-ACK retransmit timeout (TCP_TIMEOUT_INIT); each further one doubles it.
+const SYNACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// More retransmits than this (over a minute of handshake) are counted as this many.
+const MAX_RETRANSMITS: u32 = 6;
 
 /// An accepted connection on its way through the pool. Small, because the queue holds `queue` of them.
 pub(crate) struct Conn {
@@ -130,9 +134,9 @@ pub(crate) struct Waiting {
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, open: Open, service: &Service) -> Conn {
-        let rare = service.proxy_protocol.then(|| {
-            Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() })
-        });
+        let rare = service
+            .proxy_protocol
+            .then(|| Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() }));
         Conn {
             stream,
             peer,
@@ -152,6 +156,13 @@ impl Conn {
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether something has arrived to read (input, the client's end of input, or an error), looked at
+    /// without waiting and without taking it. One system call; what lets a silent connection skip the queue.
+    pub(crate) fn has_input(&self) -> bool {
+        let mut byte = [0; 1];
+        !matches!(self.stream.peek(&mut byte), Err(e) if is_would_block(&e))
     }
 
     /// Whether it waits between two messages of a conversation.
@@ -177,26 +188,29 @@ impl Conn {
         let deadline = match self.phase {
             Phase::New => self.first_deadline(service),
             Phase::Idle(since) => since + service.idle_timeout,
-            Phase::Writing => {
-                self.rare.as_ref().and_then(|rare| rare.pending.as_ref()).map_or_else(Instant::now, |p| p.deadline)
-            }
+            Phase::Writing => self
+                .rare
+                .as_ref()
+                .and_then(|rare| rare.pending.as_ref())
+                .map_or_else(Instant::now, |p| p.deadline),
             Phase::Lingering { since, .. } => since + service.read_timeout,
         };
         Step::Wait(Waiting { conn: self, interest, deadline })
     }
 
-    /// The first message's deadline counts from when the client connected. A silent client that
-    /// TCP_DEFER_ACCEPT held in the kernel connected one defer period before we accepted it; the kernel
-    /// retransmitted its SYN-ACK at the end of that period, which is how it can be told from one that came
-    /// in through SYN cookies, which skip the defer.
+    /// The first message's deadline counts from when the client connected, by its clock: when our first
+    /// SYN-ACK reached it. A connection that has sent nothing may have been held in the kernel well after
+    /// that: TCP_DEFER_ACCEPT keeps a silent client's handshake open for its one second, and a full accept
+    /// queue drops the client's ACK until the next try. Either way the kernel retransmitted the SYN-ACK, at
+    /// 1 s, then 2 s, 4 s, ... later, so k retransmits mean the client connected 2^k − 1 seconds before we
+    /// accepted it. A client that came in through SYN cookies (which skip the defer) had none: it connected
+    /// when we accepted it.
     fn first_deadline(&mut self, service: &Service) -> Instant {
         if let Some(deadline) = self.rare.as_ref().and_then(|rare| rare.first_deadline) {
             return deadline;
         }
-        let held = match service.defer_accept {
-            Some(period) if self.sent_nothing() && sys::synack_retransmits(self.stream.as_fd()) > 0 => period,
-            _ => Duration::ZERO,
-        };
+        let retransmits = if self.sent_nothing() { sys::synack_retransmits(self.stream.as_fd()) } else { 0 };
+        let held = SYNACK_TIMEOUT * ((1_u32 << retransmits.min(MAX_RETRANSMITS)) - 1);
         let connected = self.accepted.checked_sub(held).unwrap_or(self.accepted);
         *self.rare_mut().first_deadline.insert(connected + service.read_timeout)
     }
@@ -243,8 +257,8 @@ impl fmt::Display for Who {
 /// On a worker: reads one message, answers it, and sends the connection on.
 pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
     let mut conn = match read_proxy_header(conn, service) {
-        Ok(conn) => conn,
-        Err(next) => return next,
+        Header::Read(conn) => conn,
+        Header::Then(step) => return step,
     };
     let early = match conn.rare.as_deref_mut() {
         Some(rare) if matches!(rare.preamble, Preamble::Early(_)) => std::mem::take(&mut rare.preamble),
@@ -269,30 +283,37 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
     answer(conn, service, &buf[..received], buf.len())
 }
 
-/// Reads what has arrived of the PROXY header, when one is expected. `Err` says where the connection goes
-/// when the header is not complete yet, or is bad.
-fn read_proxy_header(mut conn: Conn, service: &Service) -> Result<Conn, Step> {
+/// How far the PROXY header is.
+enum Header {
+    /// Read (or none expected): the connection goes on to its message.
+    Read(Conn),
+    /// Not complete yet, or bad: the connection goes here instead.
+    Then(Step),
+}
+
+/// Reads what has arrived of the PROXY header, when one is expected.
+fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
     let Some(Rare { preamble: Preamble::ProxyHeader(received), .. }) = conn.rare.as_deref_mut() else {
-        return Ok(conn);
+        return Header::Read(conn);
     };
-    match proxy::read_header(&conn.stream, received) {
-        HeaderRead::More => Err(waiting_for_message(conn, service)),
+    Header::Then(match proxy::read_header(&conn.stream, received) {
+        HeaderRead::More => waiting_for_message(conn, service),
         HeaderRead::Done { source, rest } => {
             let rare = conn.rare_mut();
             rare.client = source;
             rare.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
-            Ok(conn)
+            return Header::Read(conn);
         }
         HeaderRead::Closed => {
             info!("{conn} closed the connection without sending a PROXY header");
-            Err(ended(service, Ending::HungUp))
+            ended(service, Ending::HungUp)
         }
         HeaderRead::Failed(reason) => {
             warn!("{}: PROXY protocol error: {reason}; closed", conn.peer);
-            Err(ended(service, Ending::Error))
+            ended(service, Ending::Error)
         }
-        HeaderRead::Io(e) => Err(failed(&conn, service, "reading the PROXY header", &e)),
-    }
+        HeaderRead::Io(e) => failed(&conn, service, "reading the PROXY header", &e),
+    })
 }
 
 /// Nothing to read yet: the connection waits in the room for its message, unless its time is already up.
@@ -352,7 +373,14 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
 }
 
 /// The access log line for one answered message.
-fn log_answer(conn: &Conn, keep_alive: bool, message_len: usize, preview: &dyn fmt::Display, reply_len: usize, started: Instant) {
+fn log_answer(
+    conn: &Conn,
+    keep_alive: bool,
+    message_len: usize,
+    preview: &dyn fmt::Display,
+    reply_len: usize,
+    started: Instant,
+) {
     if !keep_alive {
         info!(
             target: "access",
@@ -420,7 +448,14 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
             match write_some(&conn.stream, &pending.rest) {
                 Ok(n) if n == pending.rest.len() => {
                     let reply_len = pending.written + n;
-                    log_answer(&conn, service.keep_alive, pending.message_len, &pending.preview, reply_len, pending.started);
+                    log_answer(
+                        &conn,
+                        service.keep_alive,
+                        pending.message_len,
+                        &pending.preview,
+                        reply_len,
+                        pending.started,
+                    );
                     replied(conn, service, pending.close_after, pending.may_send_more)
                 }
                 Ok(n) => {

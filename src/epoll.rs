@@ -59,7 +59,11 @@ impl Epoll {
     }
 
     /// Waits up to `timeout` (forever when `None`) and fills `events` with what fired; see [`token`].
-    pub(crate) fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn wait(
+        &self,
+        events: &mut Vec<libc::epoll_event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         // Round up, so that a deadline less than a millisecond away is waited for rather than spun on.
         let millis = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
         events.clear();

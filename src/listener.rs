@@ -24,8 +24,6 @@ const ACCEPT_TICK: Duration = Duration::from_millis(20);
 pub(crate) struct Listener {
     socket: Socket,
     local_addr: SocketAddr,
-    /// Set when TCP_DEFER_ACCEPT is on: a silent client was held in the kernel at least this long.
-    held_back: Option<Duration>,
     /// Passed in by systemd: the socket outlives this process and its queue belongs to the next one.
     inherited: bool,
 }
@@ -48,25 +46,18 @@ impl Listener {
         socket.set_read_timeout(Some(ACCEPT_TICK)).map_err(fail)?;
         let local_addr = socket.local_addr().map_err(fail)?.as_socket().unwrap_or(addr);
 
-        let held_back = if config.read_timeout >= DEFER_ACCEPT {
-            match sys::set_defer_accept(socket.as_fd(), DEFER_ACCEPT.as_secs() as u32) {
-                Ok(()) => Some(DEFER_ACCEPT),
-                Err(e) => {
-                    warn!(
-                        "cannot set TCP_DEFER_ACCEPT on {local_addr}: {e}; silent clients will wait in the server"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        Ok(Listener { socket, local_addr, held_back, inherited: false })
+        if config.read_timeout >= DEFER_ACCEPT
+            && let Err(e) = sys::set_defer_accept(socket.as_fd(), DEFER_ACCEPT.as_secs() as u32)
+        {
+            warn!(
+                "cannot set TCP_DEFER_ACCEPT on {local_addr}: {e}; connections may arrive before their data"
+            );
+        }
+        Ok(Listener { socket, local_addr, inherited: false })
     }
 
     /// Serves on a listening socket made elsewhere: by the caller, or by systemd (`inherited`: the socket
-    /// outlives this process and its queue belongs to the next one). Its options are left as they are; only
-    /// whether TCP_DEFER_ACCEPT is on is read.
+    /// outlives this process and its queue belongs to the next one). Its options are left as they are.
     pub(crate) fn from_std(listener: std::net::TcpListener, inherited: bool) -> Result<Listener, Error> {
         let fail = |source| Error::Io { what: "serve on the given listener", source };
         let socket = Socket::from(listener);
@@ -80,11 +71,7 @@ impl Listener {
             .map_err(fail)?
             .as_socket()
             .ok_or_else(|| fail(io::Error::other("not an IPv4 or IPv6 socket")))?;
-        let held_back = match sys::defer_accept(socket.as_fd()) {
-            Ok(seconds) if seconds > 0 => Some(DEFER_ACCEPT),
-            _ => None,
-        };
-        Ok(Listener { socket, local_addr, held_back, inherited })
+        Ok(Listener { socket, local_addr, inherited })
     }
 
     pub(crate) fn is_inherited(&self) -> bool {
@@ -93,10 +80,6 @@ impl Listener {
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    pub(crate) fn held_back(&self) -> Option<Duration> {
-        self.held_back
     }
 
     /// Accepts one connection as a non-blocking stream, waiting at most `ACCEPT_TICK` for it (then

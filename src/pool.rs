@@ -65,7 +65,8 @@ impl Pool {
             }),
         )?);
         for id in 0..workers {
-            let (jobs, door, service, alive) = (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
+            let (jobs, door, service, alive) =
+                (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
             threads.push(spawn(
                 format!("worker-{id}"),
                 Box::new(move || {
@@ -77,14 +78,22 @@ impl Pool {
         Ok(Pool { queue, door, service, open, finished, threads })
     }
 
-    /// Queues a new connection for the workers; when the queue is full, it waits in the room, where it is
-    /// turned away only if it has a message and the queue is still full.
+    /// Queues a new connection for the workers when its message is here; a silent one (TCP_DEFER_ACCEPT
+    /// lets some through: SYN cookies skip it, and it lets go of a silent client after a second) goes to the
+    /// waiting room and takes neither a queue slot nor a worker. So does one that finds the queue full: the
+    /// room turns it away only if the queue is still full when it reads.
     pub(crate) fn dispatch(&self, conn: Conn) {
-        if let Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) = self.queue.try_send(conn) {
-            match conn::waiting_for_message(conn, &self.service) {
-                Step::Wait(waiting) => self.door.admit(waiting),
-                Step::Done => {}
+        let conn = if conn.has_input() {
+            match self.queue.try_send(conn) {
+                Ok(()) => return,
+                Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => conn,
             }
+        } else {
+            conn
+        };
+        match conn::waiting_for_message(conn, &self.service) {
+            Step::Wait(waiting) => self.door.admit(waiting),
+            Step::Done => {}
         }
     }
 

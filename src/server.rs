@@ -80,7 +80,11 @@ impl Server {
     /// Serves `handler`'s protocol on a listening socket the caller made; `config.bind`, `backlog` and
     /// `reuse_port` are not used. At the stop the server closes it, after taking in the clients the kernel
     /// had already queued.
-    pub fn from_listener(listener: TcpListener, config: Config, handler: impl Handler) -> Result<Server, Error> {
+    pub fn from_listener(
+        listener: TcpListener,
+        config: Config,
+        handler: impl Handler,
+    ) -> Result<Server, Error> {
         config.validate()?;
         let listener = Listener::from_std(listener, false)?;
         Ok(Server::with_listener(config, handler, listener))
@@ -98,7 +102,7 @@ impl Server {
 
     fn with_listener(config: Config, handler: impl Handler, listener: Listener) -> Server {
         let protocol = handler.name();
-        let service = Arc::new(Service::new(&config, Box::new(handler), listener.held_back()));
+        let service = Arc::new(Service::new(&config, Box::new(handler)));
         Server { config, service, protocol, listener, stop: ShutdownHandle::default(), last_id: 0 }
     }
 

@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use crossbeam_utils::CachePadded;
+
 use crate::{config::Config, handler::Protocol, stats::Stats};
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
@@ -23,15 +25,15 @@ pub(crate) struct Service {
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
-    /// How long the listener's TCP_DEFER_ACCEPT holds a silent client in the kernel, when it is on.
-    pub(crate) defer_accept: Option<Duration>,
     pub(crate) leftover_limit: usize,
-    pub(crate) stats: Stats,
+    /// On cache lines of their own: every connection bumps a counter, from a worker or the waiting room,
+    /// and that must not drag the read-mostly fields above between cores.
+    pub(crate) stats: CachePadded<Stats>,
     stopping: AtomicBool,
 }
 
 impl Service {
-    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>, defer_accept: Option<Duration>) -> Service {
+    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>) -> Service {
         Service {
             protocol,
             busy_reply: config.busy_reply.as_bytes().into(),
@@ -41,9 +43,8 @@ impl Service {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
-            defer_accept,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
-            stats: Stats::default(),
+            stats: CachePadded::new(Stats::default()),
             stopping: AtomicBool::new(false),
         }
     }

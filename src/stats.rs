@@ -13,8 +13,7 @@ use std::{
     },
 };
 
-/// The counters sit on a cache line of their own: every connection touches them from a worker or the
-/// waiting room, and they should not drag the open count between cores too.
+/// The counters of what happened to connections and messages. Relaxed: they are read only for reports.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     connections: AtomicU64,

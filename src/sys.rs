@@ -31,13 +31,6 @@ pub(crate) fn synack_retransmits(fd: BorrowedFd<'_>) -> u32 {
     info.map_or(0, |info| info.tcpi_total_retrans)
 }
 
-/// The listener's TCP_DEFER_ACCEPT setting in seconds (0 when off), e.g. as systemd's DeferAcceptSec= set it.
-pub(crate) fn defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: a C int: every bit pattern is a valid value.
-    let value: libc::c_int = unsafe { get_option(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT) }?;
-    Ok(value.max(0) as u32)
-}
-
 /// Reads a socket option. The kernel may write fewer bytes than `T` has; the rest stay zero.
 ///
 /// # Safety

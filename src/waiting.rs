@@ -124,8 +124,11 @@ impl WaitingRoom {
             }
             let next_deadline =
                 self.timers.peek().map(|Reverse((at, ..))| at.saturating_duration_since(Instant::now()));
-            let timeout =
-                if stopping { Some(next_deadline.map_or(DRAIN_TICK, |t| t.min(DRAIN_TICK))) } else { next_deadline };
+            let timeout = if stopping {
+                Some(next_deadline.map_or(DRAIN_TICK, |t| t.min(DRAIN_TICK)))
+            } else {
+                next_deadline
+            };
             match self.epoll.wait(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),

@@ -1,16 +1,20 @@
-//! The library API: a custom protocol on the same pool, a handler that panics, and an in-process shutdown.
+//! The library API: custom protocols (a trait with conversation state, a closure), a handler that panics or
+//! blocks, a listener made by the caller, a config checked at the door, and an in-process shutdown.
 
 mod support;
 
 use std::{
-    net::SocketAddr,
-    thread::{self, JoinHandle},
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
 };
 
-use poolserver::{Config, Error, Handler, Message, Reply, Server, Summary};
-use support::exchange;
+use crossbeam_channel::{Receiver, Sender};
+use poolserver::{Config, Error, Handler, Message, Reply, Server, ShutdownHandle, Summary};
+use support::{WAIT, connect, exchange};
 
-/// Uppercases the request, and panics on the request `panic`.
+/// Uppercases the message, and panics on the message `panic`.
 struct Fragile;
 
 impl Handler for Fragile {
@@ -22,55 +26,243 @@ impl Handler for Fragile {
     }
 }
 
-fn start(workers: usize) -> (SocketAddr, poolserver::ShutdownHandle, JoinHandle<Result<Summary, Error>>) {
+fn config(workers: usize) -> Config {
     let mut config = Config::default();
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.workers = workers;
-    let server = Server::bind_with(config, Fragile).unwrap();
-    let (addr, stop) = (server.local_addr(), server.shutdown_handle());
-    (addr, stop, thread::spawn(move || server.run()))
+    config
+}
+
+/// A server running on a thread of its own; `stop` asks it to stop and waits (bounded) for its summary.
+struct Running {
+    addr: SocketAddr,
+    handle: ShutdownHandle,
+    done: Receiver<Result<Summary, Error>>,
+}
+
+impl Running {
+    fn start(server: Server) -> Running {
+        let (addr, handle) = (server.local_addr(), server.shutdown_handle());
+        let (finished, done) = crossbeam_channel::bounded(1);
+        thread::spawn(move || finished.send(server.run()));
+        Running { addr, handle, done }
+    }
+
+    fn stop(self) -> Summary {
+        self.handle.shutdown();
+        self.finish()
+    }
+
+    fn finish(self) -> Summary {
+        let result = self.done.recv_timeout(WAIT).expect("the server stops within WAIT");
+        result.expect("a clean stop")
+    }
 }
 
 #[test]
 fn a_custom_handler_serves_its_own_protocol() {
-    let (addr, stop, running) = start(2);
-    assert_eq!(exchange(addr, b"shout this").unwrap(), b"SHOUT THIS");
-    stop.shutdown();
-    let summary = running.join().unwrap().unwrap();
-    assert_eq!(summary.served, 1);
+    let running = Running::start(Server::bind_with(config(2), Fragile).unwrap());
+    assert_eq!(exchange(running.addr, b"shout this").unwrap(), b"SHOUT THIS");
+    assert_eq!(running.stop().served, 1);
+}
+
+#[test]
+fn a_closure_is_a_handler() {
+    let server =
+        Server::bind_with(config(1), |message: &Message<'_>| format!("{} bytes", message.bytes().len()));
+    let running = Running::start(server.unwrap());
+    assert_eq!(exchange(running.addr, b"12345").unwrap(), b"5 bytes");
+    running.stop();
+}
+
+/// Numbers each conversation's messages and names the client; "bye" ends the conversation.
+struct Numbered;
+
+impl Handler for Numbered {
+    type State = u64;
+
+    fn reply<'a>(&'a self, message: &Message<'a>, count: &mut u64) -> Reply<'a> {
+        *count += 1;
+        assert_eq!(*count, message.number());
+        let reply = Reply::from(format!("{count} from {}", message.client()));
+        if message.bytes() == b"bye" { reply.then_close() } else { reply }
+    }
+}
+
+fn ask(stream: &mut TcpStream, message: &[u8]) -> String {
+    stream.write_all(message).unwrap();
+    let mut reply = [0; 256];
+    let n = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+#[test]
+fn a_handler_keeps_state_for_each_conversation_and_can_end_it() {
+    let mut config = config(2);
+    config.keep_alive = true;
+    let running = Running::start(Server::bind_with(config, Numbered).unwrap());
+    let (mut first, mut second) = (connect(running.addr), connect(running.addr));
+    let me = first.local_addr().unwrap();
+    assert_eq!(ask(&mut first, b"a"), format!("1 from {me}"));
+    assert_eq!(ask(&mut first, b"b"), format!("2 from {me}"));
+    // Each conversation has its own count.
+    assert!(ask(&mut second, b"a").starts_with("1 from "));
+    assert_eq!(ask(&mut first, b"bye"), format!("3 from {me}"));
+    // The handler ended the conversation: the server closes after the reply.
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).expect("a clean close");
+    assert!(rest.is_empty());
+    assert!(ask(&mut second, b"b").starts_with("2 from "));
+    drop(second);
+    let summary = running.stop();
+    assert_eq!(summary.messages, 5);
 }
 
 #[test]
 fn panics_in_the_handler_never_shrink_the_pool() {
-    let (addr, stop, running) = start(2);
+    let running = Running::start(Server::bind_with(config(2), Fragile).unwrap());
     // More panics than workers: if a panic killed its worker, nobody would be left to answer.
     for _ in 0..5 {
-        let reply = exchange(addr, b"panic").unwrap();
+        let reply = exchange(running.addr, b"panic").unwrap();
         assert!(reply.is_empty(), "a panicking handler sends nothing");
     }
     for i in 0..10 {
-        assert_eq!(exchange(addr, format!("after {i}").as_bytes()).unwrap(), format!("AFTER {i}").as_bytes());
+        let reply = exchange(running.addr, format!("after {i}").as_bytes()).unwrap();
+        assert_eq!(reply, format!("AFTER {i}").as_bytes());
     }
-    stop.shutdown();
-    let summary = running.join().unwrap().unwrap();
+    let summary = running.stop();
     assert_eq!((summary.served, summary.errors), (10, 5));
 }
 
 #[test]
+fn a_listener_made_by_the_caller_is_served_and_closed_at_the_stop() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let running = Running::start(Server::from_listener(listener, config(1), Fragile).unwrap());
+    assert_eq!(running.addr, addr);
+    assert_eq!(exchange(addr, b"mine").unwrap(), b"MINE");
+    running.stop();
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
+}
+
+#[test]
+fn a_config_that_cannot_serve_is_refused_at_the_door() {
+    let refused = |change: fn(&mut Config)| {
+        let mut config = config(1);
+        change(&mut config);
+        match Server::bind_with(config, Fragile) {
+            Err(Error::Config(message)) => message,
+            Err(other) => panic!("not a config error: {other}"),
+            Ok(_) => panic!("a config that cannot serve was accepted"),
+        }
+    };
+    assert_eq!(refused(|c| c.workers = 0), "workers: must be at least 1");
+    assert_eq!(refused(|c| c.max_request = 0), "max_request: must be at least 1");
+    assert!(refused(|c| c.busy_reply.clear()).starts_with("busy_reply: must not be empty"));
+}
+
+#[test]
 fn shutdown_can_be_requested_from_any_thread_any_number_of_times() {
-    let (addr, stop, running) = start(1);
-    assert_eq!(exchange(addr, b"x").unwrap(), b"X");
+    let running = Running::start(Server::bind_with(config(1), Fragile).unwrap());
+    assert_eq!(exchange(running.addr, b"x").unwrap(), b"X");
     let helpers: Vec<_> = (0..4)
         .map(|_| {
-            thread::spawn({
-                let stop = stop.clone();
-                move || stop.shutdown()
-            })
+            let handle = running.handle.clone();
+            thread::spawn(move || handle.shutdown())
         })
         .collect();
     for helper in helpers {
         helper.join().unwrap();
     }
-    assert_eq!(running.join().unwrap().unwrap().served, 1);
-    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
+    let addr = running.addr;
+    assert_eq!(running.finish().served, 1);
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
+}
+
+/// Replies "ok", except that the message "hold" keeps its worker until the test lets go: it says so on
+/// `entered`, then waits on `release` (bounded).
+struct Gate {
+    entered: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl Handler for Gate {
+    type State = ();
+
+    fn reply<'a>(&'a self, message: &Message<'a>, _: &mut ()) -> Reply<'a> {
+        if message.bytes() == b"hold" {
+            let _ = self.entered.send(());
+            let _ = self.release.recv_timeout(WAIT);
+        }
+        Reply::from("ok")
+    }
+}
+
+fn gated(workers: usize, queue: usize) -> (Running, Receiver<()>, Sender<()>) {
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release) = crossbeam_channel::unbounded();
+    let mut config = config(workers);
+    config.queue = queue;
+    config.keep_alive = true;
+    config.busy_reply = "busy".to_owned();
+    let running = Running::start(Server::bind_with(config, Gate { entered, release }).unwrap());
+    (running, entered_rx, release_tx)
+}
+
+fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut reply = vec![0; n];
+    stream.read_exact(&mut reply).expect("a reply");
+    reply
+}
+
+#[test]
+fn a_message_that_finds_every_worker_busy_and_the_queue_full_gets_the_busy_reply() {
+    let (running, entered, release) = gated(1, 1);
+    let mut holding = connect(running.addr);
+    holding.write_all(b"hold").unwrap();
+    entered.recv_timeout(WAIT).expect("the only worker is held");
+    // A conversation already under way: its next message takes the one queue slot...
+    let mut queued = connect(running.addr);
+    queued.write_all(b"first").unwrap();
+    // ...which the worker cannot take yet, so this one finds the queue full.
+    let mut turned_away = connect(running.addr);
+    turned_away.write_all(b"hello").unwrap();
+    let mut reply = Vec::new();
+    turned_away.read_to_end(&mut reply).expect("the busy reply and a clean close");
+    assert_eq!(reply, b"busy");
+
+    release.send(()).unwrap();
+    assert_eq!(read_exactly(&mut holding, 2), b"ok");
+    assert_eq!(read_exactly(&mut queued, 2), b"ok");
+    // Both conversations go on.
+    queued.write_all(b"again").unwrap();
+    assert_eq!(read_exactly(&mut queued, 2), b"ok");
+    drop((holding, queued));
+    let summary = running.stop();
+    assert_eq!((summary.busy, summary.messages), (1, 3));
+}
+
+#[test]
+fn a_stop_closes_idle_conversations_at_once_and_answers_the_message_in_flight() {
+    let (running, entered, release) = gated(2, 8);
+    let mut idle = connect(running.addr);
+    idle.write_all(b"hello").unwrap();
+    assert_eq!(read_exactly(&mut idle, 2), b"ok");
+    let mut in_flight = connect(running.addr);
+    in_flight.write_all(b"hold").unwrap();
+    entered.recv_timeout(WAIT).expect("the message is on a worker");
+
+    running.handle.shutdown();
+    // The idle conversation ends while the other message is still being answered.
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).expect("a clean close");
+    assert!(rest.is_empty());
+    assert!(running.done.recv_timeout(Duration::from_millis(200)).is_err(), "the stop waits for the message");
+
+    release.send(()).unwrap();
+    let mut reply = Vec::new();
+    in_flight.read_to_end(&mut reply).expect("the reply, then a clean close");
+    assert_eq!(reply, b"ok");
+    let summary = running.finish();
+    assert_eq!((summary.messages, summary.idle_closed, summary.served), (2, 1, 1));
 }

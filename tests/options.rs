@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::io::{Read, Write};
+
 use support::{REPLY, Server, exchange, run_to_exit, write_config};
 
 fn reply_of(server: &Server) -> String {
@@ -46,11 +48,21 @@ fn every_option_can_come_from_the_environment() {
         ("POOLSERVER_SHUTDOWN_TIMEOUT", "3s"),
         ("POOLSERVER_LOG_LEVEL", "debug"),
         ("POOLSERVER_LOG_FILE", log.to_str().unwrap()),
+        ("POOLSERVER_KEEP_ALIVE", "yes"),
+        ("POOLSERVER_IDLE_TIMEOUT", "3s"),
     ];
     let mut server = Server::start_with(&[], &env);
     let line = server.wait_for("listening on");
-    assert!(line.contains("workers 3, queue 5, backlog 300, mode echo"), "{line}");
-    assert_eq!(exchange(server.addr, b"abcdefgh").unwrap(), b"abcd");
+    assert!(
+        line.contains("workers 3, queue 5, backlog 300, mode echo, keep-alive, idle timeout 3s"),
+        "{line}"
+    );
+    let mut conversation = support::connect(server.addr);
+    conversation.write_all(b"abcdefgh").unwrap();
+    let mut reply = [0; 4];
+    conversation.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"abcd");
+    drop(conversation);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(support::WAIT).success());
     let written = std::fs::read_to_string(&log).unwrap();
@@ -74,13 +86,23 @@ max_request = 3
 read_timeout = "1500ms"
 write_timeout = "2s"
 shutdown_timeout = "1m"
+keep_alive = true
+idle_timeout = "42s"
 log_level = "info"
 "#,
     );
     let mut server = Server::start(&["--config", config.to_str().unwrap()]);
     let line = server.wait_for("listening on");
-    assert!(line.contains("workers 3, queue 7, backlog 200, mode echo"), "{line}");
-    assert_eq!(exchange(server.addr, b"hello").unwrap(), b"hel");
+    assert!(
+        line.contains("workers 3, queue 7, backlog 200, mode echo, keep-alive, idle timeout 42s"),
+        "{line}"
+    );
+    let mut conversation = support::connect(server.addr);
+    // Each read of at most 3 bytes is one message: "hello" is two, "hel" and "lo".
+    conversation.write_all(b"hello").unwrap();
+    let mut reply = [0; 5];
+    conversation.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"hello");
 }
 
 #[test]
@@ -88,7 +110,7 @@ fn the_shipped_config_file_parses_and_sets_the_defaults() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/poolserver.toml");
     let mut server = Server::start(&["--config", shipped, "--bind", "127.0.0.1:0"]);
     let line = server.wait_for("listening on");
-    assert!(line.contains("queue 1024, backlog 1024, mode ack"), "{line}");
+    assert!(line.contains("queue 1024, backlog 4096, mode ack"), "{line}");
     assert_eq!(reply_of(&server), REPLY);
 }
 

@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve clients: answer one message per connection (or every message, with --keep-alive).
     Serve(ServeArgs),
-    /// Send one message and print the reply: the tutorial's client.
+    /// Send a message and print the reply: the tutorial's client (or a conversation, with --keep-alive).
     Send(SendArgs),
     /// Load a server with many clients at once; report throughput, latency and errors.
     Stress(StressArgs),
@@ -40,6 +40,11 @@ pub struct SendArgs {
     /// Bounds the connect and each read and write; the whole exchange gets twice this
     #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = settings::parse_duration)]
     pub timeout: Duration,
+
+    /// Hold a conversation with a --keep-alive server: with MESSAGE `-`, one message per line of standard
+    /// input, each reply printed as it arrives; then close
+    #[arg(short, long)]
+    pub keep_alive: bool,
 
     /// The message to send; `-` reads it from standard input
     #[arg(value_name = "MESSAGE", default_value = "hello")]
@@ -77,6 +82,20 @@ pub struct StressArgs {
     /// A reply equal to this is counted as busy rather than wrong
     #[arg(long, value_name = "TEXT", default_value = config::DEFAULT_BUSY_REPLY)]
     pub busy_reply: String,
+
+    /// Messages per connection: above 1, each client holds a conversation (the server needs --keep-alive),
+    /// sending one message and reading its reply N times before it closes and reconnects
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub messages: u64,
+
+    /// Instead of looping clients: hold K conversations open for the whole run, each sending one message
+    /// every --interval (spread over the --clients threads; the server needs --keep-alive)
+    #[arg(long, value_name = "K", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub held: u64,
+
+    /// With --held: how often each held conversation sends a message
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = settings::parse_duration)]
+    pub interval: Duration,
 
     /// Also hold K connections open that send nothing, and report how many the server closed
     #[arg(long, value_name = "K", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]

@@ -1,12 +1,14 @@
-//! The tutorial's client, as `poolserver send` and as the unit of work of `poolserver stress`: connect, send
-//! the message, receive until the server closes, close. Every step is bounded in time and the reply in size,
-//! and a failure says which step failed and how, in words a load report can count.
+//! The tutorial's clients, as `poolserver send` and as the units of work of `poolserver stress`: the
+//! single-client tutorial's exchange (connect, send, receive until the server closes, close) and the
+//! multitasking tutorial's conversation (connect; send and receive, again and again; close). Every step is
+//! bounded in time and the reply in size, and a failure says which step failed and how, in words a load
+//! report can count.
 
 use crate::cli::SendArgs;
 use std::{
     fmt,
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{self, BufRead, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -130,12 +132,94 @@ impl Exchange {
     }
 }
 
+/// One conversation with a keep-alive server: every message gets one reply on the same connection.
+pub struct Conversation {
+    stream: TcpStream,
+    addr: SocketAddr,
+}
+
+impl Conversation {
+    /// Connects, with `timeout` bounding the connect and every later read and write.
+    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Conversation, Failure> {
+        let fail = |step: &str, e: io::Error| Failure {
+            kind: FailureKind::of(&e),
+            detail: format!("{step} {addr}: {}", describe(&e)),
+        };
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("cannot connect to", e))?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| fail("cannot configure the socket for", e))?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| fail("cannot configure the socket for", e))?;
+        // Lockstep messages are small: send each at once rather than wait for the previous reply's ACK.
+        stream.set_nodelay(true).map_err(|e| fail("cannot configure the socket for", e))?;
+        Ok(Conversation { stream, addr })
+    }
+
+    /// Sends `message` and reads its reply into `reply` (cleared first): `expected` bytes, or fewer when
+    /// the server closes first (a busy reply, say).
+    pub fn ask(&mut self, message: &[u8], expected: usize, reply: &mut Vec<u8>) -> Result<(), Failure> {
+        reply.clear();
+        self.stream.write_all(message).map_err(|e| self.fail("cannot send to", &e))?;
+        reply.resize(expected, 0);
+        let mut got = 0;
+        while got < expected {
+            match self.stream.read(&mut reply[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail("no complete reply from", &e)),
+            }
+        }
+        reply.truncate(got);
+        if got == 0 {
+            return Err(Failure {
+                kind: FailureKind::WrongReply,
+                detail: format!("{} closed the conversation without replying", self.addr),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends one message and returns what one read brings back, as the tutorial's `recv` does: a reply
+    /// longer than one read, or two replies at once, come back as they arrive.
+    pub fn ask_once(&mut self, message: &[u8], reply: &mut Vec<u8>) -> Result<(), Failure> {
+        self.stream.write_all(message).map_err(|e| self.fail("cannot send to", &e))?;
+        let mut chunk = [0; 64 * 1024];
+        let n = self.stream.read(&mut chunk).map_err(|e| self.fail("no reply from", &e))?;
+        if n == 0 {
+            return Err(Failure {
+                kind: FailureKind::WrongReply,
+                detail: format!("{} closed the conversation without replying", self.addr),
+            });
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Ends the conversation as a polite client does: our side closes, and the server must close its side
+    /// cleanly (no reset) without sending anything more. Returns anything it did send.
+    pub fn close(self) -> Result<Vec<u8>, Failure> {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let mut rest = Vec::new();
+        (&self.stream)
+            .take(SEND_LIMIT as u64)
+            .read_to_end(&mut rest)
+            .map_err(|e| self.fail("no clean close from", &e))?;
+        Ok(rest)
+    }
+
+    fn fail(&self, step: &str, e: &io::Error) -> Failure {
+        Failure { kind: FailureKind::of(e), detail: format!("{step} {}: {}", self.addr, describe(e)) }
+    }
+}
+
 /// Largest message `send` reads from standard input, and largest reply it accepts.
 const SEND_LIMIT: usize = 256 << 20;
 
 /// `poolserver send`: one exchange, the message from the arguments or (`-`) from `input`, the reply to
 /// `output` exactly as received. The error is one line for stderr.
-pub fn send(args: &SendArgs, input: &mut impl Read, output: &mut impl Write) -> Result<(), String> {
+pub fn send(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) -> Result<(), String> {
+    if args.keep_alive {
+        return converse(args, input, output);
+    }
     let message = if args.message == "-" {
         let mut bytes = Vec::new();
         input
@@ -150,6 +234,39 @@ pub fn send(args: &SendArgs, input: &mut impl Read, output: &mut impl Write) -> 
     let mut reply = Vec::new();
     exchange.run(&message, &mut reply).map_err(|failure| failure.detail)?;
     output.write_all(&reply).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
+}
+
+/// `poolserver send --keep-alive`: one conversation, one message per argument or (`-`) per line of `input`,
+/// each reply written to `output` as it comes, then a clean close.
+fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) -> Result<(), String> {
+    let mut conversation = Conversation::open(args.addr, args.timeout).map_err(|f| f.detail)?;
+    let mut reply = Vec::new();
+    let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
+        reply.clear();
+        conversation.ask_once(message, &mut reply).map_err(|f| f.detail)?;
+        output
+            .write_all(&reply)
+            .and_then(|()| output.flush())
+            .map_err(|e| format!("cannot write the reply: {e}"))
+    };
+    if args.message == "-" {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = input
+                .take(SEND_LIMIT as u64)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("cannot read a message from standard input: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            say(&line, output)?;
+        }
+    } else {
+        say(args.message.as_bytes(), output)?;
+    }
+    let rest = conversation.close().map_err(|f| f.detail)?;
+    output.write_all(&rest).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
 }
 
 /// `Resource temporarily unavailable` is what a socket read timeout looks like; say what it means.

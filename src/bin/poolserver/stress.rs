@@ -1,12 +1,15 @@
-//! `poolserver stress`: many clients at once, each looping the tutorial's five steps, with every reply
-//! checked, every connection's latency in an HDR histogram and every failure counted by kind.
+//! `poolserver stress`: many clients at once, each looping the tutorial's five steps (or holding
+//! conversations), with every reply checked, every connection's or message's latency in an HDR histogram
+//! and every failure counted by kind.
 //!
 //! Clients are plain blocking threads, like the server's workers: on two cores this keeps the load generator
-//! cheap enough that it can push the server instead of itself. Optional idle connections send nothing for
-//! the whole run, to show how the server treats silent clients.
+//! cheap enough that it can push the server instead of itself. Three shapes: one-shot connections (the
+//! single-client tutorial), conversations of `--messages N` back to back (the multitasking tutorial), and
+//! `--held K` conversations kept open all run, each sending at a set interval, spread over the threads.
+//! Optional idle connections send nothing for the whole run, to show how the server treats silent clients.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     io::{self, Read},
     net::TcpStream,
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -20,7 +23,7 @@ use serde::Serialize;
 
 use crate::{
     cli::StressArgs,
-    client::{Exchange, Failure, FailureKind},
+    client::{Conversation, Exchange, Failure, FailureKind},
 };
 
 /// No run goes on longer than this, whatever it was asked.
@@ -48,11 +51,19 @@ pub struct Plan {
     /// A reply equal to this counts as `busy`, not `wrong_reply`.
     pub busy: Vec<u8>,
     pub idle: usize,
+    /// Messages per connection; 1 is the tutorial's one-shot client.
+    pub messages: u64,
+    /// Conversations held open all run, each sending every `interval`.
+    pub held: usize,
+    pub interval: Duration,
 }
 
 impl Plan {
     /// The plan `poolserver stress` was asked for; the error is one line for stderr.
     pub fn from_args(args: StressArgs) -> Result<Plan, String> {
+        if args.held > 0 && args.requests.is_some() {
+            return Err("--held runs for a --duration, not a number of --requests".to_owned());
+        }
         let limit = match (args.requests, args.duration) {
             (Some(n), _) => Limit::Requests(n),
             (None, Some(d)) if d > MAX_RUN => return Err(format!("--duration may be at most {MAX_RUN:?}")),
@@ -73,6 +84,9 @@ impl Plan {
             expect,
             busy,
             idle: args.idle as usize,
+            messages: args.messages,
+            held: args.held as usize,
+            interval: args.interval,
         })
     }
 }
@@ -91,12 +105,16 @@ pub struct IdleReport {
 #[derive(Debug)]
 pub struct Report {
     pub plan: Plan,
+    /// Connections (or conversations) that got every reply right.
     pub ok: u64,
+    /// Messages answered with the expected reply.
+    pub messages: u64,
     pub errors: BTreeMap<FailureKind, u64>,
     /// The first message seen for each kind of error.
     pub first_errors: BTreeMap<FailureKind, String>,
     pub elapsed: Duration,
-    /// Microseconds from connect to the server's close, for every connection that got a reply.
+    /// Microseconds from connect to the server's close for every one-shot connection that got a reply; from
+    /// send to the whole reply for every message of a conversation.
     pub latency: Histogram<u64>,
     pub idle: IdleReport,
 }
@@ -108,6 +126,14 @@ impl Report {
 
     pub fn conns_per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn messages_per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn conversations(&self) -> bool {
+        self.plan.messages > 1 || self.plan.held > 0
     }
 
     fn percentile(&self, q: f64) -> u64 {
@@ -125,10 +151,13 @@ impl Report {
             "clients": self.plan.clients,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "ok": self.ok,
+            "messages": self.messages,
             "failed": self.failed(),
             "errors": errors,
             "first_errors": first_errors,
             "conns_per_sec": self.conns_per_sec(),
+            "messages_per_sec": self.messages_per_sec(),
+            "latency_per": if self.conversations() { "message" } else { "connection" },
             "latency_us": {
                 "p50": self.percentile(0.5),
                 "p90": self.percentile(0.9),
@@ -153,6 +182,10 @@ impl Report {
             self.failed(),
             self.conns_per_sec()
         );
+        if self.conversations() {
+            out +=
+                &format!("messages     {} answered, {:.0} msg/s\n", self.messages, self.messages_per_sec());
+        }
         out += &format!(
             "latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
             us(self.percentile(0.5)),
@@ -196,6 +229,7 @@ const ALL_KINDS: [FailureKind; 7] = [
 /// One client thread's counts, merged into the report at the end.
 struct Tally {
     ok: u64,
+    messages: u64,
     errors: BTreeMap<FailureKind, u64>,
     first_errors: BTreeMap<FailureKind, String>,
     latency: Histogram<u64>,
@@ -205,11 +239,48 @@ impl Tally {
     fn new() -> Tally {
         Tally {
             ok: 0,
+            messages: 0,
             errors: BTreeMap::new(),
             first_errors: BTreeMap::new(),
             // 1 µs to 10 minutes at three significant digits.
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
         }
+    }
+
+    /// Sends one message of a conversation and checks its reply; false when the conversation is over.
+    fn ask(&mut self, plan: &Plan, conversation: &mut Conversation, reply: &mut Vec<u8>) -> bool {
+        let started = Instant::now();
+        match conversation.ask(&plan.message, plan.expect.len(), reply) {
+            Ok(()) => {
+                let _ = self.latency.record(started.elapsed().as_micros().max(1) as u64);
+                let right = self.check(plan, reply);
+                if right {
+                    self.messages += 1;
+                }
+                right
+            }
+            Err(failure) => {
+                self.fail(failure);
+                false
+            }
+        }
+    }
+
+    /// Whether `reply` is the expected one; counts it as busy or wrong otherwise.
+    fn check(&mut self, plan: &Plan, reply: &[u8]) -> bool {
+        if reply == plan.expect {
+            return true;
+        }
+        if reply == plan.busy {
+            self.fail(Failure { kind: FailureKind::Busy, detail: "the server answered busy".to_owned() });
+        } else {
+            let shown = String::from_utf8_lossy(&reply[..reply.len().min(64)]).escape_debug().to_string();
+            self.fail(Failure {
+                kind: FailureKind::WrongReply,
+                detail: format!("unexpected reply \"{shown}\""),
+            });
+        }
+        false
     }
 
     fn fail(&mut self, failure: Failure) {
@@ -219,6 +290,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
+        self.messages += other.messages;
         for (kind, count) in other.errors {
             *self.errors.entry(kind).or_default() += count;
         }
@@ -245,8 +317,18 @@ pub fn run(plan: Plan, progress: bool) -> Report {
 
     let mut total = Tally::new();
     thread::scope(|scope| {
-        let clients: Vec<_> =
-            (0..plan.clients).map(|_| scope.spawn(|| client_loop(&plan, deadline, &issued, &done))).collect();
+        let clients: Vec<_> = (0..plan.clients)
+            .map(|thread| {
+                let (plan, issued, done) = (&plan, &issued, &done);
+                scope.spawn(move || {
+                    if plan.held > 0 {
+                        hold_conversations(plan, thread, deadline, done)
+                    } else {
+                        client_loop(plan, deadline, issued, done)
+                    }
+                })
+            })
+            .collect();
         if progress {
             scope.spawn(|| show_progress(&plan, started, &done, &finished));
         }
@@ -260,6 +342,7 @@ pub fn run(plan: Plan, progress: bool) -> Report {
     let elapsed = started.elapsed();
     let mut report = Report {
         ok: total.ok,
+        messages: total.messages,
         errors: total.errors,
         first_errors: total.first_errors,
         elapsed,
@@ -283,29 +366,89 @@ fn client_loop(plan: &Plan, deadline: Instant, issued: &AtomicU64, done: &Atomic
         if Instant::now() >= deadline {
             break;
         }
+        if plan.messages > 1 {
+            converse(plan, plan.messages, &mut tally, &mut reply);
+            done.fetch_add(1, Relaxed);
+            continue;
+        }
         let started = Instant::now();
         match plan.exchange.run(&plan.message, &mut reply) {
             Ok(()) => {
                 let _ = tally.latency.record(started.elapsed().as_micros().max(1) as u64);
-                if reply == plan.expect {
+                if tally.check(plan, &reply) {
                     tally.ok += 1;
-                } else if reply == plan.busy {
-                    tally.fail(Failure {
-                        kind: FailureKind::Busy,
-                        detail: "the server answered busy".to_owned(),
-                    });
-                } else {
-                    let shown =
-                        String::from_utf8_lossy(&reply[..reply.len().min(64)]).escape_debug().to_string();
-                    tally.fail(Failure {
-                        kind: FailureKind::WrongReply,
-                        detail: format!("unexpected reply \"{shown}\""),
-                    });
+                    tally.messages += 1;
                 }
             }
             Err(failure) => tally.fail(failure),
         }
         done.fetch_add(1, Relaxed);
+    }
+    tally
+}
+
+/// One conversation of `messages` lockstep messages, then a clean close.
+fn converse(plan: &Plan, messages: u64, tally: &mut Tally, reply: &mut Vec<u8>) {
+    let mut conversation = match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
+        Ok(conversation) => conversation,
+        Err(failure) => return tally.fail(failure),
+    };
+    for _ in 0..messages {
+        if !tally.ask(plan, &mut conversation, reply) {
+            return;
+        }
+    }
+    match conversation.close() {
+        Ok(rest) if rest.is_empty() => tally.ok += 1,
+        Ok(rest) => tally.fail(Failure {
+            kind: FailureKind::WrongReply,
+            detail: format!("{} B more than the replies before the close", rest.len()),
+        }),
+        Err(failure) => tally.fail(failure),
+    }
+}
+
+/// One thread's share of the `--held` conversations: opened at the start, each sending one message every
+/// `interval` (their first sends spread over one interval), closed cleanly at the end. A conversation that
+/// fails is counted and dropped.
+fn hold_conversations(plan: &Plan, thread: usize, deadline: Instant, done: &AtomicU64) -> Tally {
+    let mut tally = Tally::new();
+    let mut reply = Vec::with_capacity(plan.expect.len().max(64));
+    let share = (thread..plan.held).step_by(plan.clients).count();
+    let started = Instant::now();
+    let mut held: VecDeque<(Instant, Conversation)> = VecDeque::with_capacity(share);
+    for i in 0..share {
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
+            Ok(conversation) => {
+                held.push_back((started + plan.interval.mul_f64(i as f64 / share as f64), conversation))
+            }
+            Err(failure) => tally.fail(failure),
+        }
+    }
+    while !held.is_empty() {
+        // Sends are due in the order the conversations sit in; each goes to the back when it is served.
+        let due = held[0].0;
+        if due >= deadline {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let Some((_, mut conversation)) = held.pop_front() else { break };
+        if tally.ask(plan, &mut conversation, &mut reply) {
+            held.push_back((due + plan.interval, conversation));
+        }
+        done.fetch_add(1, Relaxed);
+    }
+    for (_, conversation) in held {
+        match conversation.close() {
+            Ok(rest) if rest.is_empty() => tally.ok += 1,
+            Ok(rest) => tally.fail(Failure {
+                kind: FailureKind::WrongReply,
+                detail: format!("{} B more than the replies before the close", rest.len()),
+            }),
+            Err(failure) => tally.fail(failure),
+        }
     }
     tally
 }
