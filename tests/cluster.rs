@@ -7,14 +7,10 @@ mod support;
 
 use std::{
     collections::HashMap,
-    io::{self, Read, Write},
+    io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -104,6 +100,22 @@ impl Cluster {
         std::fs::read_to_string(self.state_dir().join(format!("h{host}-{pool}.log"))).unwrap_or_default()
     }
 
+    /// Waits until HAProxy has sent `n` more clients (or conversations) to `pool`, counted over every host.
+    fn wait_for_traffic(&self, pool: &str, n: u64) {
+        let total = |rows: &HashMap<(String, String), Row>| -> u64 {
+            rows.iter().filter(|((_, p), _)| p == pool).map(|(_, r)| r.total).sum()
+        };
+        let target = total(&self.status()) + n;
+        let deadline = Instant::now() + WAIT;
+        while total(&self.status()) < target {
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy did not send {n} more clients to {pool} within {WAIT:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until some host's log of `pool` has a line containing every one of `needles`.
     fn wait_for_log(&self, pool: &str, needles: &[&str]) -> String {
         let deadline = Instant::now() + WAIT;
@@ -154,16 +166,26 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
     (one.local_addr().unwrap(), two.local_addr().unwrap())
 }
 
-/// `poolserver stress` against the one-shot front, running in the background; killed by its PID if the test
-/// ends before it does.
+/// `poolserver stress --json` in the background; killed by its PID if the test ends before it does.
 struct Stress(Child);
 
 impl Stress {
-    fn start(front: SocketAddr, duration: &str, timeout: &str) -> Stress {
+    /// `clients` one-shot clients against `front`, for `duration`, each step bounded by `timeout`.
+    fn one_shot(front: SocketAddr, duration: &str, timeout: &str) -> Stress {
+        Stress::start(front, &["--clients", "8", "--duration", duration, "--timeout", timeout])
+    }
+
+    /// Four clients holding conversations of ten messages, one after another.
+    fn conversations(front: SocketAddr, duration: &str, timeout: &str) -> Stress {
+        Stress::start(
+            front,
+            &["--clients", "4", "--messages", "10", "--duration", duration, "--timeout", timeout],
+        )
+    }
+
+    fn start(front: SocketAddr, args: &[&str]) -> Stress {
         let front = front.to_string();
-        let args =
-            ["--addr", &front, "--clients", "8", "--duration", duration, "--timeout", timeout, "--json"];
-        let mut cmd = support::command(&["stress"], &[]);
+        let mut cmd = support::command(&["stress", "--addr", &front, "--json"], &[]);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         Stress(cmd.spawn().expect("spawn poolserver stress"))
     }
@@ -190,100 +212,25 @@ impl Drop for Stress {
     }
 }
 
-/// One conversation: `messages` messages, each answered, then our goodbye and the server's close.
-fn converse(
-    addr: SocketAddr,
-    source: Option<&str>,
-    messages: u32,
-    timeout: Duration,
-) -> io::Result<SocketAddr> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    if let Some(source) = source {
-        socket.bind(&source.parse::<SocketAddr>().expect("source address").into())?;
-    }
-    socket.connect_timeout(&addr.into(), timeout)?;
+/// A conversation of `messages` messages from a chosen loopback source address, each answered, then our
+/// goodbye and the server's close; returns the local address used.
+fn converse_from(source: &str, addr: SocketAddr, messages: u32) -> SocketAddr {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&source.parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.connect_timeout(&addr.into(), WAIT).unwrap();
     let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut reply = [0; REPLY.len()];
     for i in 1..=messages {
-        stream.write_all(b"hello")?;
-        stream.read_exact(&mut reply)?;
-        if reply != REPLY.as_bytes() {
-            return Err(io::Error::other(format!("message {i}: wrong reply {reply:?}")));
-        }
-        // A client that thinks between messages, so that conversations last long enough to be drained.
-        thread::sleep(Duration::from_millis(5));
+        stream.write_all(b"hello").unwrap();
+        stream.read_exact(&mut reply).unwrap_or_else(|e| panic!("reply to message {i}: {e}"));
+        assert_eq!(reply, REPLY.as_bytes(), "reply to message {i}");
     }
-    stream.shutdown(Shutdown::Write)?;
+    stream.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
-    stream.read_to_end(&mut rest)?;
-    if !rest.is_empty() {
-        return Err(io::Error::other(format!("{} bytes after the last reply", rest.len())));
-    }
-    stream.local_addr()
-}
-
-/// Clients holding conversations of ten messages, one after another, until stopped (at the latest when
-/// this is dropped).
-struct Conversations {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    done: crossbeam_channel::Receiver<()>,
-    clients: usize,
-}
-
-impl Conversations {
-    fn start(addr: SocketAddr, clients: usize, timeout: Duration) -> Conversations {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let (tx, done) = crossbeam_channel::unbounded();
-        for _ in 0..clients {
-            let (stop, ok, failures, tx) = (stop.clone(), ok.clone(), failures.clone(), tx.clone());
-            thread::spawn(move || {
-                while !stop.load(SeqCst) {
-                    match converse(addr, None, 10, timeout) {
-                        Ok(_) => ok.fetch_add(1, SeqCst),
-                        Err(e) => {
-                            failures.lock().unwrap().push(e.to_string());
-                            0
-                        }
-                    };
-                }
-                let _ = tx.send(());
-            });
-        }
-        Conversations { stop, ok, failures, done, clients }
-    }
-
-    /// Waits until `n` more conversations have completed.
-    fn wait_for_more(&self, n: u64) {
-        let target = self.ok.load(SeqCst) + n;
-        let deadline = Instant::now() + WAIT;
-        while self.ok.load(SeqCst) < target {
-            assert!(Instant::now() < deadline, "conversations stalled: {:?}", self.failures.lock().unwrap());
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Stops the clients after their current conversation; returns (completed, failures).
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for _ in 0..self.clients {
-            self.done.recv_deadline(deadline).expect("conversation clients end within their timeouts");
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(SeqCst), failures)
-    }
-}
-
-impl Drop for Conversations {
-    fn drop(&mut self) {
-        self.stop.store(true, SeqCst);
-    }
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes after the last reply", rest.len());
+    stream.local_addr().unwrap()
 }
 
 /// The tutorial's exchange from a chosen loopback source address; returns the local address used.
@@ -343,7 +290,7 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
     // Through HAProxy, each backend logs the real client (PROXY v2), and HAProxy's bridge address as the peer.
     let client = exchange_from("127.0.0.2:0", cluster.front);
     cluster.wait_for_log("oneshot", &[&format!("] {client} (via {LB_ADDR}:"), " served: "]);
-    let client = converse(cluster.conv_front, Some("127.0.0.3:0"), 3, WAIT).expect("a conversation");
+    let client = converse_from("127.0.0.3:0", cluster.conv_front, 3);
     let peer = format!("] {client} (via {LB_ADDR}:");
     for message in
         [" message 1: 5 B in, 15 B out", " message 3: ", " ended the conversation after 3 messages"]
@@ -353,22 +300,20 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
 
     // A full roll while one-shot clients and conversations keep coming: nobody notices.
     let pids_before: Vec<i32> = rows.values().map(|r| r.pid).collect();
-    let mut load = Stress::start(cluster.front, "15s", "5s");
-    let talks = Conversations::start(cluster.conv_front, 4, Duration::from_secs(5));
-    talks.wait_for_more(20);
+    let mut one_shot = Stress::one_shot(cluster.front, "15s", "5s");
+    let mut talks = Stress::conversations(cluster.conv_front, "15s", "5s");
+    cluster.wait_for_traffic("oneshot", 200);
+    cluster.wait_for_traffic("conversations", 20);
     let roll = cluster.ok(&["roll"]);
     assert!(roll.contains("rolled 3 hosts"), "{roll}");
-    assert!(load.is_running(), "the stress run ended before the roll did; it must span it");
-    let (talked, failed_talks) = talks.finish();
-    let during_roll = load.report();
-    assert_eq!(during_roll["failed"], 0, "one-shot clients failed during the roll: {during_roll}");
-    assert!(during_roll["ok"].as_u64().unwrap() > 0, "{during_roll}");
     assert!(
-        failed_talks.is_empty(),
-        "{} conversations failed during the roll: {failed_talks:?}",
-        failed_talks.len()
+        one_shot.is_running() && talks.is_running(),
+        "a stress run ended before the roll did; it must span it"
     );
-    assert!(talked > 0);
+    let (one_shot, talks) = (one_shot.report(), talks.report());
+    assert_eq!(one_shot["failed"], 0, "one-shot clients failed during the roll: {one_shot}");
+    assert_eq!(talks["failed"], 0, "conversations failed during the roll: {talks}");
+    assert!(one_shot["ok"].as_u64().unwrap() > 0 && talks["ok"].as_u64().unwrap() > 0, "{one_shot}\n{talks}");
     let rows = cluster.status();
     for (key, row) in &rows {
         assert!(!pids_before.contains(&row.pid), "{key:?} was not restarted: {rows:?}");
@@ -381,30 +326,39 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
             assert_eq!(log.matches("stopped: ").count(), 1, "h{host} {pool} stopped gracefully once:\n{log}");
         }
     }
-    eprintln!("roll: {} one-shot clients and {talked} conversations served, none failed", during_roll["ok"]);
+    eprintln!(
+        "roll: {} one-shot clients and {} conversations served, none failed",
+        one_shot["ok"], talks["ok"]
+    );
 
     // Host 2 loses its link under load: HAProxy takes it out; only what was in flight there may fail.
-    let load = Stress::start(cluster.front, "8s", "2s");
-    let talks = Conversations::start(cluster.conv_front, 4, Duration::from_secs(2));
-    talks.wait_for_more(20);
+    let one_shot = Stress::one_shot(cluster.front, "8s", "2s");
+    let talks = Stress::conversations(cluster.conv_front, "8s", "2s");
+    cluster.wait_for_traffic("oneshot", 200);
+    cluster.wait_for_traffic("conversations", 20);
     let cut = cluster.ok(&["fail", "2", "--how", "link"]);
     assert!(cut.contains("HAProxy took it out of oneshot after"), "{cut}");
     let frozen = sum_total(&cluster.status(), "h2");
-    talks.wait_for_more(20);
+    cluster.wait_for_traffic("oneshot", 200);
+    cluster.wait_for_traffic("conversations", 20);
     let rows = cluster.status();
     assert_eq!(sum_total(&rows, "h2"), frozen, "no new client goes to h2 once it is out: {rows:?}");
     assert!(rows.iter().filter(|((h, _), _)| h == "h2").all(|(_, r)| r.state == "DOWN"), "{rows:?}");
-    let (talked, failed_talks) = talks.finish();
-    let across_failure = load.report();
-    let failed = across_failure["failed"].as_u64().unwrap();
-    assert!(failed <= 8, "more one-shot clients failed than were in flight (8 clients): {across_failure}");
-    assert!(failed_talks.len() <= 4, "more conversations failed than were in flight: {failed_talks:?}");
-    assert!(across_failure["ok"].as_u64().unwrap() > 0 && talked > 0, "{across_failure}");
+    let (one_shot, talks) = (one_shot.report(), talks.report());
+    let failed = |report: &Value| report["failed"].as_u64().unwrap();
+    let total = |report: &Value| report["ok"].as_u64().unwrap() + failed(report);
+    assert!(
+        failed(&one_shot) <= 8,
+        "more one-shot clients failed than were in flight (8 clients): {one_shot}"
+    );
+    assert!(failed(&talks) <= 4, "more conversations failed than were in flight (4 clients): {talks}");
+    assert!(one_shot["ok"].as_u64().unwrap() > 0 && talks["ok"].as_u64().unwrap() > 0, "{one_shot}\n{talks}");
     eprintln!(
-        "host failure: {failed} of {} one-shot clients and {} of {} conversations failed; {}",
-        across_failure["ok"].as_u64().unwrap() + failed,
-        failed_talks.len(),
-        talked + failed_talks.len() as u64,
+        "host failure: {} of {} one-shot clients and {} of {} conversations failed; {}",
+        failed(&one_shot),
+        total(&one_shot),
+        failed(&talks),
+        total(&talks),
         cut.trim()
     );
 
@@ -413,7 +367,7 @@ fn cluster_rolls_without_loss_and_survives_a_lost_host() {
     assert!(healed.contains("back in rotation"), "{healed}");
     let rows = cluster.status();
     assert!(rows.values().all(|r| r.state == "UP"), "{rows:?}");
-    let after_heal = Stress::start(cluster.front, "1s", "5s").report();
+    let after_heal = Stress::one_shot(cluster.front, "1s", "5s").report();
     assert_eq!(after_heal["failed"], 0, "{after_heal}");
     let rows = cluster.status();
     assert!(sum_total(&rows, "h2") > frozen, "h2 serves again: {rows:?}");
