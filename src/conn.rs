@@ -56,6 +56,8 @@ pub(crate) struct Conn {
     state: State,
     /// What only some connections need, boxed so the common one stays small.
     rare: Option<Box<Rare>>,
+    /// Registered with the waiting room's epoll (for as long as the socket lives).
+    registered: bool,
     _open: Open,
 }
 
@@ -103,6 +105,8 @@ struct Pending {
     close_after: bool,
     /// The client may still be sending the rest of a long message.
     may_send_more: bool,
+    /// The message filled the read buffer: more input may be waiting already.
+    filled: bool,
     /// The message's length and escaped preview, for the access log once the reply is out.
     message_len: usize,
     preview: String,
@@ -130,6 +134,8 @@ pub(crate) struct Waiting {
     pub(crate) conn: Conn,
     pub(crate) interest: Interest,
     pub(crate) deadline: Instant,
+    /// Input is known to be waiting already (the last read filled the buffer): no event will announce it.
+    pub(crate) input_pending: bool,
 }
 
 impl Conn {
@@ -146,6 +152,7 @@ impl Conn {
             messages: 0,
             state: service.protocol.new_state(),
             rare,
+            registered: false,
             _open: open,
         }
     }
@@ -163,6 +170,14 @@ impl Conn {
     pub(crate) fn has_input(&self) -> bool {
         let mut byte = [0; 1];
         !matches!(self.stream.peek(&mut byte), Err(e) if is_would_block(&e))
+    }
+
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    pub(crate) fn mark_registered(&mut self) {
+        self.registered = true;
     }
 
     /// Whether it waits between two messages of a conversation.
@@ -195,7 +210,7 @@ impl Conn {
                 .map_or_else(Instant::now, |p| p.deadline),
             Phase::Lingering { since, .. } => since + service.read_timeout,
         };
-        Step::Wait(Waiting { conn: self, interest, deadline })
+        Step::Wait(Waiting { conn: self, interest, deadline, input_pending: false })
     }
 
     /// The first message's deadline counts from when the client connected, by its clock: when our first
@@ -349,14 +364,15 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         let message = Message::new(message, conn.client(), conn.peer, conn.messages);
         service.protocol.reply(&message, &mut conn.state)
     };
-    let may_send_more = message.len() >= LINGER_FROM || message.len() == max;
+    let filled = message.len() == max;
+    let may_send_more = message.len() >= LINGER_FROM || filled;
     let written = match write_some(&conn.stream, &reply.bytes) {
         Ok(written) => written,
         Err(e) => return failed(&conn, service, "writing the reply", &e),
     };
     if written == reply.bytes.len() {
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
-        return replied(conn, service, reply.close, may_send_more, started);
+        return replied(conn, service, After { close: reply.close, may_send_more, filled }, started);
     }
     conn.rare_mut().pending = Some(Pending {
         rest: reply.bytes[written..].to_vec(),
@@ -364,6 +380,7 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         deadline: Instant::now() + service.write_timeout,
         close_after: reply.close,
         may_send_more,
+        filled,
         message_len: message.len(),
         preview: Preview(message).to_string(),
         started,
@@ -397,21 +414,26 @@ fn log_answer(
     }
 }
 
-/// The whole reply is out: the conversation goes on, or the connection closes.
-fn replied(
-    mut conn: Conn,
-    service: &Service,
-    close_requested: bool,
+/// What follows a reply that is out.
+struct After {
+    /// The handler ended the conversation.
+    close: bool,
     may_send_more: bool,
-    started: Instant,
-) -> Step {
+    filled: bool,
+}
+
+/// The whole reply is out: the conversation goes on, or the connection closes.
+fn replied(mut conn: Conn, service: &Service, after: After, started: Instant) -> Step {
     service.stats.answered(started.elapsed());
-    if service.keep_alive && !close_requested && !service.is_stopping() {
+    if service.keep_alive && !after.close && !service.is_stopping() {
         conn.phase = Phase::Idle(Instant::now());
-        return conn.wait(Interest::Readable, service);
+        return match conn.wait(Interest::Readable, service) {
+            Step::Wait(waiting) => Step::Wait(Waiting { input_pending: after.filled, ..waiting }),
+            done => done,
+        };
     }
     service.stats.count(Ending::Served);
-    close_gracefully(conn, service, may_send_more)
+    close_gracefully(conn, service, after.may_send_more)
 }
 
 /// Closes without resetting the client. Linux resets a connection closed with unread input, and a reset
@@ -462,7 +484,12 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
                         reply_len,
                         pending.started,
                     );
-                    replied(conn, service, pending.close_after, pending.may_send_more, pending.started)
+                    let after = After {
+                        close: pending.close_after,
+                        may_send_more: pending.may_send_more,
+                        filled: pending.filled,
+                    };
+                    replied(conn, service, after, pending.started)
                 }
                 Ok(n) => {
                     pending.rest.drain(..n);

@@ -1,8 +1,9 @@
-//! A thin safe face on Linux epoll with one-shot registrations, and an eventfd to wake the thread that waits.
+//! A thin safe face on Linux epoll, and an eventfd to wake the thread that waits.
 //!
-//! The waiting room arms a connection's descriptor for one event (EPOLLONESHOT): when it fires, the
-//! connection leaves the room and the descriptor stays registered but disarmed, so the next wait re-arms it
-//! with one `EPOLL_CTL_MOD` instead of a delete and an add. Level-triggered, so input that a worker left
+//! A connection's descriptor is registered once, edge-triggered, for input and for room to write: a
+//! conversation that comes back to wait a thousand times costs no system call to wait again. An edge can
+//! fire while the connection is away on a worker; the waiting room keeps it for when the connection comes
+//! back (see `waiting`). Level-triggered, so input that a worker left
 //! unread (the next message of a conversation) is reported again as soon as the descriptor is re-armed.
 
 use std::{
@@ -20,14 +21,14 @@ pub(crate) enum Interest {
     Writable,
 }
 
-impl Interest {
-    fn events(self) -> u32 {
-        let wanted = match self {
-            Interest::Readable => libc::EPOLLIN,
-            Interest::Writable => libc::EPOLLOUT,
-        };
-        (wanted | libc::EPOLLONESHOT) as u32
-    }
+/// What an event says about its descriptor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readiness {
+    pub(crate) token: u64,
+    /// Input arrived, or the client closed or failed.
+    pub(crate) readable: bool,
+    /// Room in the send buffer, or the connection failed.
+    pub(crate) writable: bool,
 }
 
 pub(crate) struct Epoll {
@@ -42,23 +43,16 @@ impl Epoll {
         Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
-    /// Registers `fd` for one event of `interest`, reported with `token`.
-    pub(crate) fn add(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        self.control(libc::EPOLL_CTL_ADD, fd, interest, token)
-    }
-
-    /// Re-arms a registered `fd` for one more event.
-    pub(crate) fn rearm(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        self.control(libc::EPOLL_CTL_MOD, fd, interest, token)
-    }
-
-    fn control(&self, op: libc::c_int, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events: interest.events(), u64: token };
+    /// Registers `fd` once for all its life, edge-triggered, reported with `token`: an event says that
+    /// input arrived or room appeared since the last one. Closing the descriptor removes the registration.
+    pub(crate) fn register(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        let mut event = libc::epoll_event { events: events as u32, u64: token };
         // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) }).map(drop)
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) }).map(drop)
     }
 
-    /// Waits up to `timeout` (forever when `None`) and fills `events` with what fired; see [`token`].
+    /// Waits up to `timeout` (forever when `None`) and fills `events` with what fired; see [`readiness`].
     pub(crate) fn wait(
         &self,
         events: &mut Vec<libc::epoll_event>,
@@ -78,9 +72,15 @@ impl Epoll {
     }
 }
 
-/// The token an event was registered with.
-pub(crate) fn token(event: &libc::epoll_event) -> u64 {
-    event.u64
+/// What one event says.
+pub(crate) fn readiness(event: &libc::epoll_event) -> Readiness {
+    let bits = event.events as libc::c_int;
+    let failed = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+    Readiness {
+        token: event.u64,
+        readable: failed || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0,
+        writable: failed || bits & libc::EPOLLOUT != 0,
+    }
 }
 
 /// An eventfd registered with an `Epoll`: `wake` makes the waiting thread's `wait` return.
