@@ -58,5 +58,5 @@ pub use config::{Config, Mode};
 pub use error::Error;
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
-pub use server::{Server, ShutdownHandle};
+pub use server::{ReloadHandle, Server, ShutdownHandle};
 pub use stats::{ServiceHistogram, Summary};

@@ -8,19 +8,18 @@ use crossbeam_channel::Receiver;
 
 use crate::{
     conn::Conn,
-    service::Service,
+    service::Current,
     stats::{Gauges, OpenCount, ServiceHistogram, Summary},
 };
 
 /// A handle that reads a server's numbers; cheap to clone, valid before, during and after `run`.
 #[derive(Clone)]
 pub struct Monitor {
-    pub(crate) service: Arc<Service>,
+    pub(crate) current: Arc<Current>,
     pub(crate) open: Arc<OpenCount>,
     pub(crate) gauges: Arc<Gauges>,
     /// The queue's receiving end, only to read its length.
     pub(crate) queue: Receiver<Conn>,
-    pub(crate) workers: usize,
 }
 
 /// The numbers at one moment.
@@ -35,7 +34,7 @@ pub struct Snapshot {
     pub waiting: usize,
     /// Messages waiting for a free worker.
     pub queued: usize,
-    /// The queue's capacity: past it, messages get the busy reply.
+    /// How many messages may be queued: past it, messages get the busy reply.
     pub queue_capacity: usize,
     /// Workers serving a message right now.
     pub busy_workers: usize,
@@ -47,15 +46,16 @@ pub struct Snapshot {
 impl Monitor {
     pub fn snapshot(&self) -> Snapshot {
         use std::sync::atomic::Ordering::Relaxed;
+        let service = self.current.get();
         Snapshot {
-            summary: self.service.stats.summary(),
+            summary: service.stats.summary(),
             open: self.open.get(),
             waiting: self.gauges.waiting.load(Relaxed),
             queued: self.queue.len(),
-            queue_capacity: self.queue.capacity().unwrap_or(0),
+            queue_capacity: service.queue_limit,
             busy_workers: self.gauges.busy_workers.load(Relaxed),
-            workers: self.workers,
-            service_times: self.service.stats.service_times(),
+            workers: self.gauges.workers.load(Relaxed),
+            service_times: service.stats.service_times(),
         }
     }
 }

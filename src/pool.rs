@@ -12,30 +12,43 @@
 use std::{
     hint,
     panic::{self, AssertUnwindSafe},
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{
+            AtomicUsize,
+            Ordering::{Relaxed, SeqCst},
+        },
+    },
     thread,
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::error;
 
 use crate::{
     conn::{self, Conn, Step},
     error::Error,
-    service::Service,
+    service::Current,
     stats::{Ending, Gauges, OpenCount, Summary},
     waiting::{Door, WaitingRoom},
 };
 
 pub(crate) struct Pool {
     queue: Sender<Conn>,
+    jobs: Receiver<Conn>,
     door: Door,
-    service: Arc<Service>,
+    current: Arc<Current>,
     open: Arc<OpenCount>,
-    /// Disconnects when every thread of the pool has ended: each holds a sender and never sends.
+    gauges: Arc<Gauges>,
+    /// Each thread of the pool holds a clone and never sends; `finished` disconnects when all have ended.
+    alive: Sender<()>,
     finished: Receiver<()>,
     threads: Vec<thread::JoinHandle<()>>,
+    /// Workers asked to end after their current job (the pool was made smaller).
+    retiring: Arc<AtomicUsize>,
+    workers: usize,
+    next_worker_id: usize,
 }
 
 impl Pool {
@@ -43,42 +56,64 @@ impl Pool {
     pub(crate) fn start(
         workers: usize,
         (queue, jobs): (Sender<Conn>, Receiver<Conn>),
-        service: Arc<Service>,
+        current: Arc<Current>,
         open: Arc<OpenCount>,
         gauges: Arc<Gauges>,
     ) -> Result<Pool, Error> {
         let (room, door) =
-            WaitingRoom::new(queue.clone(), Arc::clone(&service), Arc::clone(&open), Arc::clone(&gauges))?;
+            WaitingRoom::new(queue.clone(), Arc::clone(&current), Arc::clone(&open), Arc::clone(&gauges))?;
         let (alive, finished) = crossbeam_channel::bounded::<()>(0);
-        let mut threads = Vec::with_capacity(workers + 1);
-        let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new()
-                .name(name)
-                .spawn(body)
-                .map_err(|source| Error::Io { what: "start a pool thread", source })
-        };
-
         let room_alive = alive.clone();
-        threads.push(spawn(
+        let room = spawn(
             "waiting-room".to_owned(),
             Box::new(move || {
                 let _alive = room_alive;
                 room.run();
             }),
-        )?);
-        for id in 0..workers {
-            let (jobs, door, service, alive) =
-                (jobs.clone(), door.clone(), Arc::clone(&service), alive.clone());
-            let gauges = Arc::clone(&gauges);
-            threads.push(spawn(
-                format!("worker-{id}"),
-                Box::new(move || {
-                    let _alive = alive;
-                    work(&jobs, &door, &service, &gauges);
-                }),
-            )?);
+        )?;
+        let mut pool = Pool {
+            queue,
+            jobs,
+            door,
+            current,
+            open,
+            gauges,
+            alive,
+            finished,
+            threads: vec![room],
+            retiring: Arc::default(),
+            workers: 0,
+            next_worker_id: 0,
+        };
+        pool.resize(workers)?;
+        Ok(pool)
+    }
+
+    /// Makes the pool `workers` strong: starts new workers, or asks some to end after the job they are on
+    /// (a sleeping one ends when it is next woken, so for a while it only waits).
+    pub(crate) fn resize(&mut self, workers: usize) -> Result<(), Error> {
+        while self.workers < workers {
+            // A worker still asked to retire stays instead of a new one starting.
+            if self.retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err() {
+                let (jobs, door, current) = (self.jobs.clone(), self.door.clone(), Arc::clone(&self.current));
+                let (gauges, retiring, alive) =
+                    (Arc::clone(&self.gauges), Arc::clone(&self.retiring), self.alive.clone());
+                self.threads.push(spawn(
+                    format!("worker-{}", self.next_worker_id),
+                    Box::new(move || {
+                        let _alive = alive;
+                        work(&jobs, &door, &current, &gauges, &retiring);
+                    }),
+                )?);
+                self.next_worker_id += 1;
+            }
+            self.workers += 1;
         }
-        Ok(Pool { queue, door, service, open, finished, threads })
+        if self.workers > workers {
+            self.retiring.fetch_add(self.workers - workers, SeqCst);
+            self.workers = workers;
+        }
+        Ok(())
     }
 
     /// Queues a new connection for the workers when its message is here; a silent one (TCP_DEFER_ACCEPT
@@ -86,22 +121,23 @@ impl Pool {
     /// waiting room and takes neither a queue slot nor a worker. So does one that finds the queue full: the
     /// room turns it away only if the queue is still full when it reads.
     pub(crate) fn dispatch(&self, conn: Conn) {
-        let conn = if conn.has_input() {
-            match self.queue.try_send(conn) {
+        let service = self.current.get();
+        let conn = if conn.has_input() && self.queue.len() < service.queue_limit {
+            match self.queue.send(conn) {
                 Ok(()) => return,
-                Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => conn,
+                Err(refused) => refused.into_inner(),
             }
         } else {
             conn
         };
-        match conn::waiting_for_message(conn, &self.service) {
+        match conn::waiting_for_message(conn, &service) {
             Step::Wait(waiting) => self.door.admit(waiting),
             Step::Done => {}
         }
     }
 
     pub(crate) fn summary(&self) -> Summary {
-        self.service.stats.summary()
+        self.current.get().stats.summary()
     }
 
     pub(crate) fn open_connections(&self) -> usize {
@@ -111,9 +147,10 @@ impl Pool {
     /// Lets every queued, in-flight and waiting connection finish, for at most `timeout`. On time, returns
     /// the summary; late, returns how many connections are being abandoned along with it.
     pub(crate) fn shutdown(self, timeout: Duration) -> Result<Summary, (usize, Summary)> {
-        let Pool { queue, door, service, open, finished, threads } = self;
+        let Pool { queue, jobs, door, current, open, alive, finished, threads, .. } = self;
         // Once the waiting room lets go of its sender too, the workers finish the queue and end.
-        drop(queue);
+        drop((queue, jobs, alive));
+        let service = current.get_full();
         service.begin_stop();
         door.wake();
         drop(door);
@@ -164,13 +201,23 @@ fn next_job(jobs: &Receiver<Conn>) -> Option<Conn> {
     }
 }
 
-/// A worker: serves queued connections until the queue is closed and empty.
-fn work(jobs: &Receiver<Conn>, door: &Door, service: &Service, gauges: &Gauges) {
-    let mut buf = vec![0; service.max_request];
+fn spawn(name: String, body: Box<dyn FnOnce() + Send>) -> Result<thread::JoinHandle<()>, Error> {
+    thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|source| Error::Io { what: "start a pool thread", source })
+}
+
+/// A worker: serves queued connections until the queue is closed and empty, or it is asked to retire.
+fn work(jobs: &Receiver<Conn>, door: &Door, current: &Current, gauges: &Gauges, retiring: &AtomicUsize) {
+    let mut buf = Vec::new();
     while let Some(conn) = next_job(jobs) {
+        let service = current.get();
+        // A reload may have changed max_request; the buffer follows before the next read.
+        buf.resize(service.max_request, 0);
         let who = conn.who();
         gauges.busy_workers.fetch_add(1, Relaxed);
-        let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, &mut buf)));
+        let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, &service, &mut buf)));
         gauges.busy_workers.fetch_sub(1, Relaxed);
         match served {
             Ok(Step::Wait(waiting)) => door.admit(waiting),
@@ -180,6 +227,9 @@ fn work(jobs: &Receiver<Conn>, door: &Door, service: &Service, gauges: &Gauges) 
                 error!("{who}: the handler panicked; closed this connection, the worker goes on");
                 service.stats.count(Ending::Error);
             }
+        }
+        if retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return;
         }
     }
 }

@@ -7,10 +7,11 @@
 //! process instead. Under systemd, readiness, status and stopping are reported to the service manager.
 
 use std::{
+    any::TypeId,
     fs, io,
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering::SeqCst},
     },
     thread,
@@ -24,11 +25,11 @@ use crate::{
     config::Config,
     conn::Conn,
     error::Error,
-    handler::{Builtin, Handler},
+    handler::{Builtin, Handler, Protocol},
     listener::Listener,
     monitor::Monitor,
     pool::Pool,
-    service::Service,
+    service::{Current, Service},
     stats::{Gauges, Open, OpenCount, Summary},
     systemd::{self, Notifier},
 };
@@ -39,9 +40,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A server with its listening socket, ready to `run`.
 pub struct Server {
     config: Config,
-    service: Arc<Service>,
+    current: Arc<Current>,
+    /// The handler; kept across reloads unless it is the `Builtin` one, which follows `mode` and `reply`.
+    handler: Arc<dyn Protocol>,
+    builtin: bool,
     /// How the startup line names the protocol: `mode ack`, `mode echo` or `custom handler`.
     protocol: String,
+    reload: ReloadHandle,
     listener: Listener,
     stop: ShutdownHandle,
     /// The id of the last connection accepted.
@@ -67,6 +72,32 @@ impl ShutdownHandle {
 
     fn is_requested(&self) -> bool {
         self.requested.load(SeqCst)
+    }
+}
+
+/// Asks a running server to apply a new configuration: what can change without a new socket changes within
+/// `ACCEPT_TICK`, without dropping a connection (see `Server::run`). Cheap to clone, safe from any thread.
+#[derive(Clone, Default)]
+pub struct ReloadHandle {
+    requested: Arc<AtomicBool>,
+    pending: Arc<Mutex<Option<Config>>>,
+}
+
+impl ReloadHandle {
+    /// Checks `config` and hands it to the server; a config that does not validate is refused here and the
+    /// running one stays.
+    pub fn reload(&self, config: Config) -> Result<(), Error> {
+        config.validate()?;
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(config);
+        self.requested.store(true, SeqCst);
+        Ok(())
+    }
+
+    fn take(&self) -> Option<Config> {
+        if !self.requested.swap(false, SeqCst) {
+            return None;
+        }
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -107,14 +138,20 @@ impl Server {
         Ok(Some(Server::with_listener(config, handler, listener)))
     }
 
-    fn with_listener(config: Config, handler: impl Handler, listener: Listener) -> Server {
+    fn with_listener<H: Handler>(config: Config, handler: H, listener: Listener) -> Server {
         let protocol = handler.name();
-        let service = Arc::new(Service::new(&config, Box::new(handler)));
-        let queue = crossbeam_channel::bounded(config.queue);
+        let builtin = TypeId::of::<H>() == TypeId::of::<Builtin>();
+        let handler: Arc<dyn Protocol> = Arc::new(handler);
+        let current = Arc::new(Current::new(Service::new(&config, Arc::clone(&handler))));
+        // Unbounded: the queue's limit is `queue`, checked at each send, so that a reload can change it.
+        let queue = crossbeam_channel::unbounded();
         Server {
             config,
-            service,
+            current,
+            handler,
+            builtin,
             protocol,
+            reload: ReloadHandle::default(),
             listener,
             stop: ShutdownHandle::default(),
             last_id: 0,
@@ -133,14 +170,19 @@ impl Server {
         self.stop.clone()
     }
 
+    /// A handle that applies a new configuration while the server runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
     /// A handle that reads the server's numbers while it runs (and after).
     pub fn monitor(&self) -> Monitor {
+        self.gauges.workers.store(self.config.workers, SeqCst);
         Monitor {
-            service: Arc::clone(&self.service),
+            current: Arc::clone(&self.current),
             open: Arc::clone(&self.open),
             gauges: Arc::clone(&self.gauges),
             queue: self.queue.1.clone(),
-            workers: self.config.workers,
         }
     }
 
@@ -164,10 +206,11 @@ impl Server {
             config.workers, config.queue, self.protocol
         );
         let open = Arc::clone(&self.open);
-        let pool = Pool::start(
+        self.gauges.workers.store(config.workers, SeqCst);
+        let mut pool = Pool::start(
             config.workers,
             self.queue.clone(),
-            Arc::clone(&self.service),
+            Arc::clone(&self.current),
             Arc::clone(&open),
             Arc::clone(&self.gauges),
         )?;
@@ -175,7 +218,7 @@ impl Server {
         if let Some(notifier) = &notifier {
             notifier.ready(&format!("serving on {addr}"));
         }
-        self.accept_until_stopped(&pool, &open, &mut notifier);
+        self.accept_until_stopped(&mut pool, &open, &mut notifier);
         // Logged here, where the stop is acted on, so it always comes before the `stopping:` line.
         info!("stop requested: finishing open connections");
         if let Some(notifier) = &notifier {
@@ -202,9 +245,23 @@ impl Server {
             .map_err(|(abandoned, summary)| Error::ShutdownTimedOut { abandoned, summary })
     }
 
-    fn accept_until_stopped(&mut self, pool: &Pool, open: &Arc<OpenCount>, notifier: &mut Option<Notifier>) {
+    fn accept_until_stopped(
+        &mut self,
+        pool: &mut Pool,
+        open: &Arc<OpenCount>,
+        notifier: &mut Option<Notifier>,
+    ) {
         let mut last_warning: Option<Instant> = None;
         while !self.stop.is_requested() {
+            if let Some(config) = self.reload.take() {
+                if let Some(notifier) = notifier {
+                    notifier.reloading();
+                }
+                self.apply(config, pool);
+                if let Some(notifier) = notifier {
+                    notifier.ready(&format!("serving on {}", self.local_addr()));
+                }
+            }
             match self.listener.accept() {
                 Ok((stream, peer)) => self.dispatch(pool, open, stream, peer),
                 // The accept timed out (ACCEPT_TICK): time to look at the stop request again.
@@ -229,8 +286,48 @@ impl Server {
 
     fn dispatch(&mut self, pool: &Pool, open: &Arc<OpenCount>, stream: TcpStream, peer: SocketAddr) {
         self.last_id += 1;
-        self.service.stats.accepted();
-        pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &self.service));
+        let service = self.current.get();
+        service.stats.accepted();
+        pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &service));
+    }
+
+    /// Applies a reloaded configuration: a new service for every next step, the pool resized. What needs a
+    /// new socket stays as it is, with a warning.
+    fn apply(&mut self, mut config: Config, pool: &mut Pool) {
+        let old = &self.config;
+        let mut kept = Vec::new();
+        if config.bind != old.bind && !self.listener.is_inherited() {
+            kept.push("bind");
+        }
+        if config.backlog != old.backlog && !self.listener.is_inherited() {
+            kept.push("backlog");
+        }
+        if config.reuse_port != old.reuse_port {
+            kept.push("reuse_port");
+        }
+        (config.bind, config.backlog, config.reuse_port) = (old.bind, old.backlog, old.reuse_port);
+        let changed = changes(old, &config);
+        let handler = if self.builtin {
+            let builtin = Builtin::from_config(&config);
+            self.protocol = builtin.name();
+            Arc::new(builtin)
+        } else {
+            Arc::clone(&self.handler)
+        };
+        self.current.set(self.current.get().next(&config, handler));
+        if let Err(e) = pool.resize(config.workers) {
+            warn!("reload: {e}; the pool stays at fewer workers than asked");
+        }
+        self.gauges.workers.store(config.workers, SeqCst);
+        self.config = config;
+        if changed.is_empty() {
+            info!("reloaded the configuration: nothing changed that the server can apply");
+        } else {
+            info!("reloaded the configuration: {}", changed.join(", "));
+        }
+        if !kept.is_empty() {
+            warn!("reload: {} need a restart (a new listening socket); kept as they were", kept.join(", "));
+        }
     }
 
     /// Takes in the connections the kernel had already completed when the stop came, so they are served,
@@ -253,6 +350,33 @@ impl Server {
             }
         }
     }
+}
+
+/// What differs between two configurations, as `key old → new` (replies by name only).
+fn changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut note = |key: &str, before: String, after: String| {
+        if before != after {
+            changed.push(format!("{key} {before} → {after}"));
+        }
+    };
+    note("workers", old.workers.to_string(), new.workers.to_string());
+    note("queue", old.queue.to_string(), new.queue.to_string());
+    note("mode", old.mode.to_string(), new.mode.to_string());
+    note("max_request", old.max_request.to_string(), new.max_request.to_string());
+    note("read_timeout", format!("{:?}", old.read_timeout), format!("{:?}", new.read_timeout));
+    note("write_timeout", format!("{:?}", old.write_timeout), format!("{:?}", new.write_timeout));
+    note("shutdown_timeout", format!("{:?}", old.shutdown_timeout), format!("{:?}", new.shutdown_timeout));
+    note("keep_alive", old.keep_alive.to_string(), new.keep_alive.to_string());
+    note("idle_timeout", format!("{:?}", old.idle_timeout), format!("{:?}", new.idle_timeout));
+    note("proxy_protocol", old.proxy_protocol.to_string(), new.proxy_protocol.to_string());
+    if old.reply != new.reply {
+        changed.push("reply".to_owned());
+    }
+    if old.busy_reply != new.busy_reply {
+        changed.push("busy_reply".to_owned());
+    }
+    changed
 }
 
 fn is_transient(error: &io::Error) -> bool {

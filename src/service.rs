@@ -1,12 +1,20 @@
 //! What every connection is served with: the protocol, the replies and limits, the timeouts, the counters,
-//! and whether the server is stopping. Built once from the `Config`; read by the workers and the waiting
-//! room, never changed while the server runs except for the stop flag.
+//! and whether the server is stopping.
+//!
+//! A reload makes a new `Service` from the new `Config` and swaps it in whole (`Current`): a worker takes the
+//! current one for each message, the waiting room for each round, the accept loop for each connection, so
+//! a reload applies from the next step on and nothing is ever half old, half new. The counters and the stop
+//! flag are shared by every generation.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering::SeqCst},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
     time::Duration,
 };
 
+use arc_swap::{ArcSwap, Guard};
 use crossbeam_utils::CachePadded;
 
 use crate::{config::Config, handler::Protocol, stats::Stats};
@@ -16,9 +24,11 @@ use crate::{config::Config, handler::Protocol, stats::Stats};
 const LEFTOVER_LIMIT: usize = 4 << 20;
 
 pub(crate) struct Service {
-    pub(crate) protocol: Box<dyn Protocol>,
+    pub(crate) protocol: Arc<dyn Protocol>,
     pub(crate) busy_reply: Box<[u8]>,
     pub(crate) max_request: usize,
+    /// Messages that may wait for a worker; past it, the busy reply.
+    pub(crate) queue_limit: usize,
     pub(crate) keep_alive: bool,
     /// Every connection starts with a PROXY protocol header.
     pub(crate) proxy_protocol: bool,
@@ -28,24 +38,40 @@ pub(crate) struct Service {
     pub(crate) leftover_limit: usize,
     /// On cache lines of their own: every connection bumps a counter, from a worker or the waiting room,
     /// and that must not drag the read-mostly fields above between cores.
-    pub(crate) stats: CachePadded<Stats>,
-    stopping: AtomicBool,
+    pub(crate) stats: Arc<CachePadded<Stats>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Service {
-    pub(crate) fn new(config: &Config, protocol: Box<dyn Protocol>) -> Service {
+    /// The first generation.
+    pub(crate) fn new(config: &Config, protocol: Arc<dyn Protocol>) -> Service {
+        Service::with(config, protocol, Arc::default(), Arc::default())
+    }
+
+    /// The next generation, after a reload: new settings, the same counters and stop flag.
+    pub(crate) fn next(&self, config: &Config, protocol: Arc<dyn Protocol>) -> Service {
+        Service::with(config, protocol, Arc::clone(&self.stats), Arc::clone(&self.stopping))
+    }
+
+    fn with(
+        config: &Config,
+        protocol: Arc<dyn Protocol>,
+        stats: Arc<CachePadded<Stats>>,
+        stopping: Arc<AtomicBool>,
+    ) -> Service {
         Service {
             protocol,
             busy_reply: config.busy_reply.as_bytes().into(),
             max_request: config.max_request,
+            queue_limit: config.queue,
             keep_alive: config.keep_alive,
             proxy_protocol: config.proxy_protocol,
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
-            stats: CachePadded::new(Stats::default()),
-            stopping: AtomicBool::new(false),
+            stats,
+            stopping,
         }
     }
 
@@ -55,5 +81,27 @@ impl Service {
 
     pub(crate) fn begin_stop(&self) {
         self.stopping.store(true, SeqCst);
+    }
+}
+
+/// The service in force, swapped whole by a reload.
+pub(crate) struct Current(ArcSwap<Service>);
+
+impl Current {
+    pub(crate) fn new(service: Service) -> Current {
+        Current(ArcSwap::from_pointee(service))
+    }
+
+    /// The service in force now; cheap, and valid for as long as it is held even across a reload.
+    pub(crate) fn get(&self) -> Guard<Arc<Service>> {
+        self.0.load()
+    }
+
+    pub(crate) fn get_full(&self) -> Arc<Service> {
+        self.0.load_full()
+    }
+
+    pub(crate) fn set(&self, service: Service) {
+        self.0.store(Arc::new(service));
     }
 }

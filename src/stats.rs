@@ -150,6 +150,8 @@ pub(crate) struct Gauges {
     pub(crate) busy_workers: CachePadded<AtomicUsize>,
     /// Connections in the waiting room (written by the room).
     pub(crate) waiting: CachePadded<AtomicUsize>,
+    /// The pool's size (written at the start and by a reload).
+    pub(crate) workers: AtomicUsize,
 }
 
 /// One open connection's place in the count: taken at accept, given back when the connection is dropped.

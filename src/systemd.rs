@@ -55,6 +55,11 @@ impl Notifier {
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// RELOADING=1: a reload is being applied; `ready` follows when it is done.
+    pub(crate) fn reloading(&self) {
+        send(&[NotifyState::Reloading, NotifyState::Status("reloading the configuration")]);
+    }
+
     /// STOPPING=1: a graceful shutdown has begun.
     pub(crate) fn stopping(&self, status: &str) {
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);

@@ -29,14 +29,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use log::error;
 
 use crate::{
     conn::{self, Conn, Ready, Step, Waiting},
     epoll::{self, Epoll, Interest, Readiness, Waker},
     error::Error,
-    service::Service,
+    service::{Current, Service},
     stats::{Gauges, OpenCount},
     sys,
 };
@@ -159,6 +159,8 @@ pub(crate) struct WaitingRoom {
     bell: Arc<Bell>,
     inbox: Receiver<Waiting>,
     queue: Sender<Conn>,
+    current: Arc<Current>,
+    /// The service in force, taken anew every round (a reload applies from the next round).
     service: Arc<Service>,
     open: Arc<OpenCount>,
     gauges: Arc<Gauges>,
@@ -177,7 +179,7 @@ impl WaitingRoom {
     /// Creates the room (not yet running) and its door. `queue` is where readable messages go.
     pub(crate) fn new(
         queue: Sender<Conn>,
-        service: Arc<Service>,
+        current: Arc<Current>,
         open: Arc<OpenCount>,
         gauges: Arc<Gauges>,
     ) -> Result<(WaitingRoom, Door), Error> {
@@ -194,7 +196,8 @@ impl WaitingRoom {
             bell,
             inbox,
             queue,
-            service,
+            service: current.get_full(),
+            current,
             open,
             gauges,
             count: 0,
@@ -210,6 +213,7 @@ impl WaitingRoom {
         let mut events = Vec::with_capacity(256);
         let mut swept = false;
         loop {
+            self.service = self.current.get_full();
             self.take_inbox();
             self.expire();
             let stopping = self.service.is_stopping();
@@ -300,13 +304,15 @@ impl WaitingRoom {
     /// full; a wait back into the room.
     fn route(&mut self, ready: Ready) {
         match ready {
-            Ready::Serve(conn) => match self.queue.try_send(conn) {
-                Ok(()) => {}
-                Err(TrySendError::Full(conn) | TrySendError::Disconnected(conn)) => {
+            Ready::Serve(conn) => {
+                let full = self.queue.len() >= self.service.queue_limit;
+                let refused =
+                    if full { Err(conn) } else { self.queue.send(conn).map_err(|e| e.into_inner()) };
+                if let Err(conn) = refused {
                     let step = conn::turn_away(conn, &self.service);
                     self.settle(step);
                 }
-            },
+            }
             Ready::Then(step) => self.settle(step),
         }
     }

@@ -111,7 +111,7 @@ pub struct StressArgs {
 }
 
 /// Options of `poolserver serve`. Precedence: flag > environment variable > config file > default.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// TOML config file (every key is optional; see config/poolserver.toml)
     #[arg(short, long, env = "POOLSERVER_CONFIG", value_name = "FILE")]

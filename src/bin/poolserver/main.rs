@@ -15,13 +15,15 @@ mod cli;
 mod client;
 mod errors;
 mod logging;
+mod reload;
 mod settings;
 mod signals;
 mod stress;
 
 use cli::{Cli, Command, SendArgs, ServeArgs, StressArgs};
 use logging::Logs;
-use settings::Settings;
+use reload::Reloader;
+use settings::{LogSettings, Settings};
 use stress::Plan;
 
 const USAGE: u8 = 2;
@@ -95,12 +97,12 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     logging::log_panics();
-    let code = run_server(config, &logs);
+    let code = run_server(config, args, log, &logs);
     logs.finish(FINAL_FLUSH);
     code
 }
 
-fn run_server(config: poolserver::Config, logs: &Logs) -> ExitCode {
+fn run_server(config: poolserver::Config, args: &ServeArgs, log: LogSettings, logs: &Logs) -> ExitCode {
     // Under systemd's socket activation the socket comes from systemd; otherwise we bind our own.
     let handler = Builtin::from_config(&config);
     let server = match Server::from_systemd(config.clone(), handler.clone()) {
@@ -123,7 +125,8 @@ fn run_server(config: poolserver::Config, logs: &Logs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = signals::install(server.shutdown_handle(), logs.clone()) {
+    let reloader = Reloader { args: args.clone(), log, server: server.reload_handle(), logs: logs.clone() };
+    if let Err(e) = signals::install(server.shutdown_handle(), reloader, logs.clone()) {
         error!("cannot handle stop signals: {e}");
         return ExitCode::FAILURE;
     }

@@ -32,7 +32,7 @@ pub struct Settings {
 }
 
 /// The two logs: the server log (level and optional file; always stderr too) and the access log.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LogSettings {
     pub level: LevelFilter,
     pub file: Option<PathBuf>,

@@ -25,17 +25,21 @@ use std::{
     os::fd::AsFd,
     panic,
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
-use log::{Log, error, info, warn};
+use log::{LevelFilter, Log, error, info, warn};
 use poolserver::Error;
 
 use crate::settings::{AccessLog, LogSettings};
 use files::Output;
 use journal::{Journal, JournalOut};
 use line::{LineOut, Style};
+pub use router::OPERATOR;
 use router::{Router, ServerLog};
 use sink::{Control, Sink};
 use throttle::Throttle;
@@ -54,6 +58,9 @@ pub struct Logs {
     files: Vec<Arc<dyn Control>>,
     throttle: Arc<Throttle>,
     server: Arc<ServerLog>,
+    /// The server log's level, shared with the logger; a reload may change it.
+    level: Arc<AtomicUsize>,
+    access_on: bool,
 }
 
 /// Installs the global logger. Fails if a log file cannot be opened for appending.
@@ -98,8 +105,10 @@ pub fn init(settings: &LogSettings) -> Result<Logs, Error> {
     let server = Arc::new(ServerLog { console: Some(console), file });
     let reporter = Arc::clone(&server);
     let throttle = Throttle::start(move |report| reporter.report(report)).map_err(threads)?;
+    let level = Arc::new(AtomicUsize::new(settings.level as usize));
+    let access_on = access.is_some();
     let router = Router {
-        level: settings.level,
+        level: Arc::clone(&level),
         server: Arc::clone(&server),
         access,
         access_on_console: settings.access == AccessLog::Stderr,
@@ -109,7 +118,7 @@ pub fn init(settings: &LogSettings) -> Result<Logs, Error> {
     log::set_boxed_logger(Box::new(router))
         .map_err(|e| Error::Io { what: "install the logger", source: io::Error::other(e) })?;
     log::set_max_level(max_level);
-    Ok(Logs { sinks: logs.sinks, files: logs.files, throttle, server })
+    Ok(Logs { sinks: logs.sinks, files: logs.files, throttle, server, level, access_on })
 }
 
 /// The sinks made so far while setting up.
@@ -145,6 +154,12 @@ impl Builder {
 }
 
 impl Logs {
+    /// Changes the server log's level (a reload).
+    pub fn set_level(&self, level: LevelFilter) {
+        self.level.store(level as usize, Relaxed);
+        log::set_max_level(router::max_level(level, self.access_on));
+    }
+
     /// Opens the log files anew by their paths, as logrotate expects after renaming them (SIGUSR1).
     pub fn reopen(&self) {
         for file in &self.files {

@@ -8,6 +8,7 @@
 //! `log_level`, and warnings and errors throttled per call site.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -47,9 +48,12 @@ impl ServerLog {
     }
 }
 
+/// The target of records that an operator's action causes: never throttled.
+pub const OPERATOR: &str = "operator";
+
 pub struct Router {
-    /// The server log's level.
-    pub level: LevelFilter,
+    /// The server log's level, as a `LevelFilter` number; a reload may change it.
+    pub level: Arc<AtomicUsize>,
     pub server: Arc<ServerLog>,
     /// The access log, unless it is off.
     pub access: Option<Box<dyn Log>>,
@@ -61,18 +65,24 @@ pub struct Router {
 impl Router {
     /// The most verbose level any record can reach a log at.
     pub fn max_level(&self) -> LevelFilter {
-        if self.access.is_some() { self.level.max(LevelFilter::Info) } else { self.level }
+        max_level(self.level(), self.access.is_some())
+    }
+
+    fn level(&self) -> LevelFilter {
+        level_from(self.level.load(Relaxed))
     }
 
     fn to_server(&self, record: &Record<'_>, access: bool) {
-        if record.level() > self.level {
+        if record.level() > self.level() {
             return;
         }
         let on_console = access && self.access_on_console;
         if on_console && self.server.file.is_none() {
             return;
         }
-        if record.level() > Level::Warn {
+        // Only what clients can trigger at will needs a throttle; what an operator does (a reload) is logged
+        // every time.
+        if record.level() > Level::Warn || record.target() == OPERATOR {
             return self.server.write(record, on_console);
         }
         match self.throttle.check(record, on_console) {
@@ -96,7 +106,7 @@ impl Router {
 impl Log for Router {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         let access = metadata.target() == ACCESS && self.access.is_some();
-        access || metadata.level() <= self.level
+        access || metadata.level() <= self.level()
     }
 
     fn log(&self, record: &Record<'_>) {
@@ -114,4 +124,14 @@ impl Log for Router {
     }
 
     fn flush(&self) {}
+}
+
+/// The most verbose level a record can reach a log at: the server log's, or info when the access log is on.
+pub fn max_level(level: LevelFilter, access: bool) -> LevelFilter {
+    if access { level.max(LevelFilter::Info) } else { level }
+}
+
+/// A `LevelFilter` from its number (`LevelFilter as usize`).
+pub fn level_from(number: usize) -> LevelFilter {
+    LevelFilter::iter().find(|level| *level as usize == number).unwrap_or(LevelFilter::Info)
 }

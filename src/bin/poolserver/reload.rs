@@ -1,0 +1,39 @@
+//! SIGHUP: the configuration read again and applied to the running server, as nginx and HAProxy do.
+//!
+//! It is resolved as a start would resolve it: the same flags, the environment as it was at the start
+//! (clap read it then), and the config file as it is now. A file that does not parse or validate is one
+//! error line and changes nothing. The server applies what it can without a new socket; the log level
+//! changes here; the log destinations need a restart, and a warning says so.
+
+use log::{error, warn};
+use poolserver::ReloadHandle;
+
+use crate::{
+    cli::ServeArgs,
+    logging::{Logs, OPERATOR},
+    settings::{LogSettings, Settings},
+};
+
+/// What a reload needs: the command line of the start, its log settings, and the server and logs to change.
+pub struct Reloader {
+    pub args: ServeArgs,
+    pub log: LogSettings,
+    pub server: ReloadHandle,
+    pub logs: Logs,
+}
+
+impl Reloader {
+    pub fn reload(&self) {
+        let Settings { config, log } = match Settings::resolve(&self.args) {
+            Ok(settings) => settings,
+            Err(e) => return error!(target: OPERATOR, "reload refused, the running configuration stays: {e}"),
+        };
+        if let Err(e) = self.server.reload(config) {
+            return error!(target: OPERATOR, "reload refused, the running configuration stays: {e}");
+        }
+        self.logs.set_level(log.level);
+        if log.file != self.log.file || log.access != self.log.access {
+            warn!(target: OPERATOR, "reload: log_file and access_log need a restart; the logs go where they went");
+        }
+    }
+}
