@@ -266,6 +266,18 @@ impl Tally {
         }
     }
 
+    /// Ends a conversation politely and counts it ok when the server closed cleanly and sent nothing more.
+    fn close(&mut self, conversation: Conversation) {
+        match conversation.close() {
+            Ok(rest) if rest.is_empty() => self.ok += 1,
+            Ok(rest) => self.fail(Failure {
+                kind: FailureKind::WrongReply,
+                detail: format!("{} B more than the replies before the close", rest.len()),
+            }),
+            Err(failure) => self.fail(failure),
+        }
+    }
+
     /// Whether `reply` is the expected one; counts it as busy or wrong otherwise.
     fn check(&mut self, plan: &Plan, reply: &[u8]) -> bool {
         if reply == plan.expect {
@@ -398,14 +410,7 @@ fn converse(plan: &Plan, messages: u64, tally: &mut Tally, reply: &mut Vec<u8>) 
             return;
         }
     }
-    match conversation.close() {
-        Ok(rest) if rest.is_empty() => tally.ok += 1,
-        Ok(rest) => tally.fail(Failure {
-            kind: FailureKind::WrongReply,
-            detail: format!("{} B more than the replies before the close", rest.len()),
-        }),
-        Err(failure) => tally.fail(failure),
-    }
+    tally.close(conversation);
 }
 
 /// One thread's share of the `--held` conversations: opened at the start, each sending one message every
@@ -441,14 +446,7 @@ fn hold_conversations(plan: &Plan, thread: usize, deadline: Instant, done: &Atom
         done.fetch_add(1, Relaxed);
     }
     for (_, conversation) in held {
-        match conversation.close() {
-            Ok(rest) if rest.is_empty() => tally.ok += 1,
-            Ok(rest) => tally.fail(Failure {
-                kind: FailureKind::WrongReply,
-                detail: format!("{} B more than the replies before the close", rest.len()),
-            }),
-            Err(failure) => tally.fail(failure),
-        }
+        tally.close(conversation);
     }
     tally
 }
