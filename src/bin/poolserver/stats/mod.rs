@@ -5,7 +5,7 @@
 //! percentiles over that interval (interpolated within a bucket, as Prometheus's `histogram_quantile`
 //! does). `--watch` keeps scraping and redraws the screen.
 
-mod scrape;
+pub mod scrape;
 
 use std::{fmt::Write, io::IsTerminal, thread, time::Duration};
 
