@@ -21,9 +21,7 @@ fn stdout(out: &Output) -> String {
 /// The value of `key = value` in the printed configuration.
 fn value<'a>(toml: &'a str, key: &str) -> &'a str {
     let prefix = format!("{key} = ");
-    toml.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key} in:\n{toml}"))
+    toml.lines().find_map(|line| line.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {key} in:\n{toml}"))
 }
 
 #[test]
@@ -33,11 +31,13 @@ fn every_key_is_printed_with_the_value_from_the_strongest_source() {
         dir.path(),
         "workers = 3\nreply = \"from file\"\nread_timeout = \"1500ms\"\nqueue = 9\naccess_log = \"off\"\n",
     );
-    let env = [("POOLSERVER_REPLY", "from env"), ("POOLSERVER_QUEUE", "17"), ("POOLSERVER_METRICS", "127.0.0.1:9")];
+    let env =
+        [("POOLSERVER_REPLY", "from env"), ("POOLSERVER_QUEUE", "17"), ("POOLSERVER_METRICS", "127.0.0.1:9")];
     let toml = stdout(&check(&["-c", file.to_str().unwrap(), "--queue", "33", "--log-level", "warn"], &env));
     assert!(toml.starts_with("# poolserver: the configuration a start would use"), "{toml}");
     for key in accepted_keys() {
-        let named = toml.lines().any(|l| l.starts_with(&format!("{key} = ")) || l == format!("# {key} is not set"));
+        let named =
+            toml.lines().any(|l| l.starts_with(&format!("{key} = ")) || l == format!("# {key} is not set"));
         assert!(named, "{key} missing from:\n{toml}");
     }
     assert_eq!(value(&toml, "workers"), "3");
@@ -75,7 +75,8 @@ fn a_check_binds_nothing_even_where_a_start_would_fail_to() {
     // Both addresses are taken: a start would fail with EADDRINUSE on either.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (bind, metrics_addr) = (taken.local_addr().unwrap().to_string(), metrics.local_addr().unwrap().to_string());
+    let (bind, metrics_addr) =
+        (taken.local_addr().unwrap().to_string(), metrics.local_addr().unwrap().to_string());
     let out = output(&mut command(&["serve", "-t", "--bind", &bind, "--metrics", &metrics_addr], &[]), WAIT);
     let toml = stdout(&out);
     assert_eq!(value(&toml, "bind"), format!("\"{bind}\""));
@@ -90,7 +91,8 @@ fn a_check_binds_nothing_even_where_a_start_would_fail_to() {
 fn an_invalid_configuration_is_one_line_and_exit_2_with_nothing_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(dir.path(), "workers = 0\n");
-    let line = rejected(&["serve", "--check", "--config", file.to_str().unwrap()], &[], &["workers", "at least 1"]);
+    let line =
+        rejected(&["serve", "--check", "--config", file.to_str().unwrap()], &[], &["workers", "at least 1"]);
     assert!(line.contains(file.to_str().unwrap()), "{line}");
     rejected(&["serve", "-t"], &[("POOLSERVER_METRICS", "everywhere")], &["POOLSERVER_METRICS", "HOST:PORT"]);
     let out = check(&["--read-timeout", "0s"], &[]);

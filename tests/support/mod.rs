@@ -467,7 +467,8 @@ pub fn have_tool(tool: &str, install: &str) -> bool {
 pub fn accepted_keys() -> Vec<String> {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = write_config(dir.path(), "no_such_key = 1\n");
-    let line = rejected(&["serve", "--config", config.to_str().expect("UTF-8 path")], &[], &["the keys are "]);
+    let line =
+        rejected(&["serve", "--config", config.to_str().expect("UTF-8 path")], &[], &["the keys are "]);
     let list = line.split("the keys are ").nth(1).unwrap_or_default().trim();
     let keys: Vec<String> = list.split(", ").map(str::to_owned).collect();
     assert!(keys.len() >= 10 && keys.iter().all(|k| !k.is_empty() && !k.contains(' ')), "{line}");
