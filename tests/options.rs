@@ -220,3 +220,13 @@ fn help_lists_every_option_with_its_variable() {
         assert!(help.contains(var), "{var} missing from:\n{help}");
     }
 }
+
+#[test]
+fn the_shipped_config_file_names_every_key_the_server_accepts() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/poolserver.toml")).unwrap();
+    for key in support::accepted_keys() {
+        let named = shipped.lines().any(|line| line.starts_with(&format!("# {key} = ")));
+        assert!(named, "config/poolserver.toml has no commented-out `# {key} = ...` line");
+    }
+}

@@ -461,3 +461,16 @@ pub fn have_tool(tool: &str, install: &str) -> bool {
     }
     found
 }
+
+/// Every key the server accepts in a config file, as the server itself lists them when it refuses an
+/// unknown one: no copy of the list in the tests can fall behind the binary.
+pub fn accepted_keys() -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = write_config(dir.path(), "no_such_key = 1\n");
+    let line =
+        rejected(&["serve", "--config", config.to_str().expect("UTF-8 path")], &[], &["the keys are "]);
+    let list = line.split("the keys are ").nth(1).unwrap_or_default().trim();
+    let keys: Vec<String> = list.split(", ").map(str::to_owned).collect();
+    assert!(keys.len() >= 10 && keys.iter().all(|k| !k.is_empty() && !k.contains(' ')), "{line}");
+    keys
+}

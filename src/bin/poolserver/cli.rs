@@ -11,7 +11,7 @@ use log::LevelFilter;
 
 use poolserver::{Mode, config};
 
-use crate::settings::{self, AccessLog};
+use crate::settings::{self, AccessLog, MetricsAddr};
 
 #[derive(Debug, Parser)]
 #[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
@@ -28,6 +28,52 @@ pub enum Command {
     Send(SendArgs),
     /// Load a server with many clients at once; report throughput, latency and errors.
     Stress(StressArgs),
+    /// Show a running server's numbers, read from its --metrics port: rates, busy workers, queue, latency.
+    Stats(StatsArgs),
+    /// Write the man page or a shell completion script to stdout (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+/// Options of `poolserver stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The server's metrics address, as given to `serve --metrics`
+    #[arg(short, long, value_name = "ADDR", default_value = settings::DEFAULT_METRICS, value_parser = settings::parse_bind)]
+    pub metrics: SocketAddr,
+
+    /// Time between the two scrapes that the rates are computed from (and between screens with --watch)
+    #[arg(short, long, value_name = "DUR", default_value = "1s", value_parser = settings::parse_duration)]
+    pub interval: Duration,
+
+    /// Show a fresh screen every --interval until interrupted
+    #[arg(short, long)]
+    pub watch: bool,
+
+    /// Bounds the connect and each read and write of a scrape
+    #[arg(short, long, value_name = "DUR", default_value = "2s", value_parser = settings::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// What `poolserver generate` writes.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generated,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// The man pages, in roff, into DIR: poolserver.1 and poolserver-SUBCOMMAND.1 for each subcommand.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// A completion script for SHELL.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Options of `poolserver send`.
@@ -113,6 +159,11 @@ pub struct StressArgs {
 /// Options of `poolserver serve`. Precedence: flag > environment variable > config file > default.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
+    /// Check the configuration (flags, environment and file) and print it as TOML, then exit: 0 if it is
+    /// valid, 2 if not. Binds nothing and opens no log file
+    #[arg(short = 't', long)]
+    pub check: bool,
+
     /// TOML config file (every key is optional; see config/poolserver.toml)
     #[arg(short, long, env = "POOLSERVER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -195,6 +246,10 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_PROXY_PROTOCOL", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub proxy_protocol: Option<bool>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, or off [default: off]
+    #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = settings::parse_metrics)]
+    pub metrics: Option<MetricsAddr>,
 }
 
 /// The built-in protocols, as the command line names them.

@@ -3,6 +3,7 @@
 
 use std::{
     io::{self, IsTerminal},
+    net::SocketAddr,
     process::ExitCode,
     time::Duration,
 };
@@ -11,16 +12,20 @@ use clap::Parser;
 use log::{error, info, warn};
 use poolserver::{Builtin, Error, Server};
 
+mod check;
 mod cli;
 mod client;
 mod errors;
+mod generate;
 mod logging;
+mod metrics;
 mod reload;
 mod settings;
 mod signals;
+mod stats;
 mod stress;
 
-use cli::{Cli, Command, SendArgs, ServeArgs, StressArgs};
+use cli::{Cli, Command, GenerateArgs, SendArgs, ServeArgs, StatsArgs, StressArgs};
 use logging::Logs;
 use reload::Reloader;
 use settings::{LogSettings, Settings};
@@ -49,6 +54,28 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Send(args) => send(&args),
         Command::Stress(args) => run_stress(args),
+        Command::Stats(args) => show_stats(&args),
+        Command::Generate(args) => run_generate(&args),
+    }
+}
+
+fn show_stats(args: &StatsArgs) -> ExitCode {
+    match stats::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("poolserver stats: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_generate(args: &GenerateArgs) -> ExitCode {
+    match generate::run(&args.what) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("poolserver generate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -81,13 +108,22 @@ fn run_stress(args: StressArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let Settings { config, log } = match Settings::resolve(args) {
+    let settings = match Settings::resolve(args) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("poolserver: {e}");
             return ExitCode::from(USAGE);
         }
     };
+    if args.check {
+        let sources = match &args.config {
+            Some(file) => format!("flags, environment, {} and defaults", errors::path(file)),
+            None => "flags, environment and defaults; no config file".to_owned(),
+        };
+        print!("{}", check::to_toml(&settings, &sources));
+        return ExitCode::SUCCESS;
+    }
+    let Settings { config, log, metrics } = settings;
     let logs = match logging::init(&log) {
         Ok(logs) => logs,
         Err(e) => {
@@ -97,12 +133,18 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     logging::log_panics();
-    let code = run_server(config, args, log, &logs);
+    let code = run_server(config, metrics, args, log, &logs);
     logs.finish(FINAL_FLUSH);
     code
 }
 
-fn run_server(config: poolserver::Config, args: &ServeArgs, log: LogSettings, logs: &Logs) -> ExitCode {
+fn run_server(
+    config: poolserver::Config,
+    metrics: Option<SocketAddr>,
+    args: &ServeArgs,
+    log: LogSettings,
+    logs: &Logs,
+) -> ExitCode {
     // Under systemd's socket activation the socket comes from systemd; otherwise we bind our own.
     let handler = Builtin::from_config(&config);
     let server = match Server::from_systemd(config.clone(), handler.clone()) {
@@ -115,17 +157,21 @@ fn run_server(config: poolserver::Config, args: &ServeArgs, log: LogSettings, lo
         Err(e) => {
             // A failed bind exits 1, not 2: a port in use or an address not configured yet can clear up, so
             // a service manager should try again.
-            match &e {
-                Error::Bind { addr, source } => match errors::bind_advice(*addr, source) {
-                    Some(advice) => error!("{e}; {advice}"),
-                    None => error!("{e}"),
-                },
-                _ => error!("{e}"),
-            }
+            log_start_error("", &e);
             return ExitCode::FAILURE;
         }
     };
-    let reloader = Reloader { args: args.clone(), log, server: server.reload_handle(), logs: logs.clone() };
+    if let Some(addr) = metrics {
+        match metrics::start(addr, server.monitor()) {
+            Ok(bound) => info!("metrics on http://{bound}/metrics"),
+            Err(e) => {
+                log_start_error("metrics: ", &e);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let reloader =
+        Reloader { args: args.clone(), log, metrics, server: server.reload_handle(), logs: logs.clone() };
     if let Err(e) = signals::install(server.shutdown_handle(), reloader, logs.clone()) {
         error!("cannot handle stop signals: {e}");
         return ExitCode::FAILURE;
@@ -143,5 +189,16 @@ fn run_server(config: poolserver::Config, args: &ServeArgs, log: LogSettings, lo
             error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A failure to start, in one line; a bind failure with its likely cause and fix.
+fn log_start_error(what: &str, e: &Error) {
+    match e {
+        Error::Bind { addr, source } => match errors::bind_advice(*addr, source) {
+            Some(advice) => error!("{what}{e}; {advice}"),
+            None => error!("{what}{e}"),
+        },
+        _ => error!("{what}{e}"),
     }
 }

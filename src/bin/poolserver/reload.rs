@@ -5,6 +5,8 @@
 //! error line and changes nothing. The server applies what it can without a new socket; the log level
 //! changes here; the log destinations need a restart, and a warning says so.
 
+use std::net::SocketAddr;
+
 use log::{error, warn};
 use poolserver::ReloadHandle;
 
@@ -18,13 +20,14 @@ use crate::{
 pub struct Reloader {
     pub args: ServeArgs,
     pub log: LogSettings,
+    pub metrics: Option<SocketAddr>,
     pub server: ReloadHandle,
     pub logs: Logs,
 }
 
 impl Reloader {
     pub fn reload(&self) {
-        let Settings { config, log } = match Settings::resolve(&self.args) {
+        let Settings { config, log, metrics } = match Settings::resolve(&self.args) {
             Ok(settings) => settings,
             Err(e) => return error!(target: OPERATOR, "reload refused, the running configuration stays: {e}"),
         };
@@ -34,6 +37,9 @@ impl Reloader {
         self.logs.set_level(log.level);
         if log.file != self.log.file || log.access != self.log.access {
             warn!(target: OPERATOR, "reload: log_file and access_log need a restart; the logs go where they went");
+        }
+        if metrics != self.metrics {
+            warn!(target: OPERATOR, "reload: metrics needs a restart; the metrics stay where they were");
         }
     }
 }

@@ -29,7 +29,17 @@ use crate::{cli::ServeArgs, errors};
 pub struct Settings {
     pub config: Config,
     pub log: LogSettings,
+    /// Where the Prometheus metrics are served; `None`: not at all.
+    pub metrics: Option<SocketAddr>,
 }
+
+/// Where `stats` looks for the metrics by default, and the address the documentation suggests for `serve
+/// --metrics`.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9180";
+
+/// The `metrics` setting: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
 
 /// The two logs: the server log (level and optional file; always stderr too) and the access log.
 #[derive(Debug, Clone)]
@@ -82,7 +92,8 @@ impl Settings {
             file: args.log_file.clone().or(file.log_file),
             access: args.access_log.clone().or(file.access_log).unwrap_or(AccessLog::Stderr),
         };
-        Ok(Settings { config, log })
+        let metrics = args.metrics.or(file.metrics).and_then(|m| m.0);
+        Ok(Settings { config, log, metrics })
     }
 }
 
@@ -90,7 +101,7 @@ impl Settings {
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
 /// The config file's keys, in the order the documentation lists them.
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "bind",
     "workers",
     "queue",
@@ -109,6 +120,7 @@ const KEYS: &[&str] = &[
     "access_log",
     "reuse_port",
     "proxy_protocol",
+    "metrics",
 ];
 
 /// The config file's values, each checked as it was read: every key optional.
@@ -132,6 +144,7 @@ struct FileConfig {
     access_log: Option<AccessLog>,
     reuse_port: Option<bool>,
     proxy_protocol: Option<bool>,
+    metrics: Option<MetricsAddr>,
 }
 
 impl FileConfig {
@@ -192,6 +205,7 @@ impl FileConfig {
             }
             "reuse_port" => self.reuse_port = Some(switch(value)?),
             "proxy_protocol" => self.proxy_protocol = Some(switch(value)?),
+            "metrics" => self.metrics = Some(parse_metrics(text(value, "\"127.0.0.1:9180\" or \"off\"")?)?),
             _ => return Err(format!("not a key; the keys are {}", KEYS.join(", "))),
         }
         Ok(())
@@ -311,6 +325,14 @@ pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
             addrs.next().ok_or_else(|| format!("{} resolves to no address; {hint}", errors::quote(text)))
         }
         Err(e) => Err(format!("cannot use {} ({e}); {hint}", errors::quote(text))),
+    }
+}
+
+/// `off`, or the `HOST:PORT` to serve the metrics on.
+pub fn parse_metrics(text: &str) -> Result<MetricsAddr, String> {
+    match text.trim() {
+        "off" => Ok(MetricsAddr(None)),
+        _ => parse_bind(text).map(|addr| MetricsAddr(Some(addr))),
     }
 }
 
@@ -447,7 +469,7 @@ mod tests {
                 "{key}"
             );
         }
-        for key in ["bind", "mode", "reply", "busy_reply", "log_level", "log_file"] {
+        for key in ["bind", "mode", "reply", "busy_reply", "log_level", "log_file", "metrics"] {
             let message = wrong(&format!("{key} = 1"));
             assert!(message.contains(&format!("{key}: expected a string in quotes, like \"")), "{message}");
         }
@@ -473,7 +495,8 @@ mod tests {
             "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmode = \"echo\"\nreply = \"r\"\n\
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
-             log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n",
+             log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
+             metrics = \"127.0.0.1:9180\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -483,7 +506,7 @@ mod tests {
              read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
-             proxy_protocol: Some(false) }"
+             proxy_protocol: Some(false), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
         );
     }
 
@@ -493,6 +516,16 @@ mod tests {
         assert_eq!(parse_access_log(" off "), Ok(AccessLog::Off));
         assert_eq!(parse_access_log("./off"), Ok(AccessLog::File(PathBuf::from("./off"))));
         assert!(parse_access_log(" ").unwrap_err().contains("stderr, off or the path"));
+    }
+
+    #[test]
+    fn metrics_are_an_address_or_off() {
+        assert_eq!(parse_metrics("off"), Ok(MetricsAddr(None)));
+        assert_eq!(
+            parse_metrics("127.0.0.1:9180"),
+            Ok(MetricsAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9180)))))
+        );
+        assert!(parse_metrics("on").unwrap_err().contains("expected HOST:PORT"));
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! `--metrics ADDR`: Prometheus metrics on a port of their own, served by one small thread.
+//!
+//! The metrics must answer exactly when the pool does not: when every worker is busy, an operator needs to
+//! see it. So they never touch the pool: a dedicated thread with its own listener takes one scrape at a
+//! time, bounded in size and time (`http`), and reads the server's atomics through a `Monitor`. A slow or
+//! hostile client on this port can delay the next scrape by `http::DEADLINE` at most, and can neither hold
+//! a worker nor slow the accept loop. No async runtime: one blocking thread is all a scrape every few
+//! seconds needs.
+
+mod collector;
+mod http;
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+    thread,
+    time::{Duration, Instant},
+};
+
+use log::warn;
+use poolserver::{Error, Monitor};
+
+/// Pause after a failed accept (out of file descriptors), so the thread does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds `addr` and serves the metrics of `monitor`'s server from a thread of their own, for the rest of
+/// the process. Returns the address bound (port 0 resolved).
+pub fn start(addr: SocketAddr, monitor: Monitor) -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let registry = collector::registry(monitor);
+    thread::Builder::new()
+        .name("metrics".to_owned())
+        .spawn(move || {
+            let mut last_warning: Option<Instant> = None;
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => http::answer(stream, &registry),
+                    // The client gave up before we took it, or a signal came: nothing to report.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                        ) => {}
+                    // Out of file descriptors: the server's connections are taking them. Warn now and then.
+                    Err(e) => {
+                        if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                            warn!("metrics: cannot accept on {bound}: {e}; retrying");
+                            last_warning = Some(Instant::now());
+                        }
+                        thread::sleep(ACCEPT_BACKOFF);
+                    }
+                }
+            }
+        })
+        .map_err(|source| Error::Io { what: "start the metrics thread", source })?;
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        thread,
+    };
+
+    use crossbeam_channel::{Receiver, Sender};
+    use poolserver::{Config, Message, Server};
+
+    use super::*;
+    use crate::stats::scrape::scrape;
+
+    const WAIT: Duration = Duration::from_secs(15);
+
+    fn send(addr: SocketAddr, message: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        stream.write_all(message).expect("send");
+        stream
+    }
+
+    /// The one place where a worker can really be stuck is the handler; the binary's handlers never block,
+    /// so this runs the library's server with one that does, behind the binary's metrics.
+    #[test]
+    fn the_metrics_answer_while_every_worker_is_stuck_and_the_queue_is_full() {
+        let (entered, entered_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::unbounded();
+        let (release_tx, release) = crossbeam_channel::unbounded::<()>();
+        let mut config = Config::default();
+        config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        (config.workers, config.queue) = (1, 1);
+        config.busy_reply = "busy".to_owned();
+        let server = Server::bind_with(config, move |_: &Message<'_>| {
+            let _ = entered.send(());
+            let _ = release.recv_timeout(WAIT);
+            "ok"
+        })
+        .expect("bind");
+        let addr = server.local_addr();
+        let metrics = start(SocketAddr::from(([127, 0, 0, 1], 0)), server.monitor()).expect("metrics");
+        let stop = server.shutdown_handle();
+        let running = thread::spawn(move || server.run());
+
+        let held = send(addr, b"one");
+        entered_rx.recv_timeout(WAIT).expect("the only worker is stuck in the handler");
+        let queued = send(addr, b"two");
+        let mut turned_away = send(addr, b"three");
+        let mut reply = Vec::new();
+        turned_away.read_to_end(&mut reply).expect("the busy reply");
+        assert_eq!(reply, b"busy");
+
+        let page = scrape(metrics, WAIT).expect("a scrape while the pool is full");
+        assert_eq!(page.get("poolserver_busy_workers"), Ok(1.0));
+        assert_eq!(page.get("poolserver_workers"), Ok(1.0));
+        assert_eq!(page.get("poolserver_queued_connections"), Ok(1.0));
+        assert_eq!(page.get("poolserver_queue_capacity"), Ok(1.0));
+        assert_eq!(page.get("poolserver_busy_total"), Ok(1.0));
+        assert_eq!(page.get("poolserver_messages_total"), Ok(0.0));
+
+        release_tx.send(()).expect("release");
+        release_tx.send(()).expect("release");
+        drop((held, queued));
+        stop.shutdown();
+        let summary = running.join().expect("server thread").expect("clean stop");
+        assert_eq!(summary.messages, 2);
+        let after = scrape(metrics, WAIT).expect("a scrape after the stop");
+        assert_eq!(after.get("poolserver_messages_total"), Ok(2.0));
+        assert_eq!(after.buckets("poolserver_service_seconds").last().map(|b| b.1), Some(2.0));
+    }
+}
