@@ -4,10 +4,12 @@
 //! connection. The accept times out every `ACCEPT_TICK` (SO_RCVTIMEO), so a stop request is seen within that
 //! on any listener: loopback, wildcard or IPv6, port 0, inherited from systemd, or shared with other
 //! processes through SO_REUSEPORT, where connecting to ourselves to wake the thread could reach another
-//! process instead. Under systemd, readiness, status and stopping are reported to the service manager.
+//! process instead. At `max_connections` the loop waits for a connection to close before it accepts the
+//! next (see `limits`); at the stop it takes in the last connections without resetting any (see `stop`).
+//! Under systemd, readiness, status and stopping are reported to the service manager.
 
 use std::{
-    fs, io,
+    io,
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
@@ -25,16 +27,22 @@ use crate::{
     conn::Conn,
     error::Error,
     handler::{Builtin, Handler},
+    limits,
     listener::Listener,
     monitor::Monitor,
     pool::Pool,
     service::Service,
     stats::{Gauges, Open, OpenCount, Summary},
+    stop::{Closing, HALF_OPEN_WAIT},
+    sys,
     systemd::{self, Notifier},
 };
 
 /// Pause after an accept failure such as running out of file descriptors, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At `max_connections`, how long one wait for a connection to close lasts before the loop looks at the
+/// stop request again.
+const FULL_TICK: Duration = Duration::from_millis(20);
 
 /// A server with its listening socket, ready to `run`.
 pub struct Server {
@@ -159,10 +167,25 @@ impl Server {
         } else {
             String::new()
         };
+        let fd_limit = sys::fd_limit();
+        let max_connections =
+            config.max_connections.unwrap_or_else(|| limits::default_max_connections(fd_limit));
+        let per_client = config.max_per_client.map(|n| format!(", max per client {n}")).unwrap_or_default();
+        let fds = fd_limit.map_or_else(|| "no fd limit".to_owned(), |n| format!("fd limit {n}"));
         info!(
-            "listening on {addr} (workers {}, queue {}, {socket}, {}{conversations})",
+            "listening on {addr} (workers {}, queue {}, {socket}, {}{conversations}, max connections \
+             {max_connections}{per_client}, {fds})",
             config.workers, config.queue, self.protocol
         );
+        if let Some(limit) = fd_limit
+            && max_connections as u64 > limit
+        {
+            warn!(
+                "max_connections {max_connections} is above the fd limit {limit}: accepts will fail with \
+                 'Too many open files' before the cap is reached; raise the limit (ulimit -n, LimitNOFILE=) \
+                 or lower max_connections"
+            );
+        }
         let open = Arc::clone(&self.open);
         let pool = Pool::start(
             config.workers,
@@ -175,15 +198,16 @@ impl Server {
         if let Some(notifier) = &notifier {
             notifier.ready(&format!("serving on {addr}"));
         }
-        self.accept_until_stopped(&pool, &open, &mut notifier);
+        self.accept_until_stopped(&pool, &open, max_connections, &mut notifier);
         // Logged here, where the stop is acted on, so it always comes before the `stopping:` line.
         info!("stop requested: finishing open connections");
         if let Some(notifier) = &notifier {
             notifier.stopping(&format!("stopping: draining {} open connections", pool.open_connections()));
         }
+        let stop_began = Instant::now();
         let inherited = self.listener.is_inherited();
         if !inherited {
-            self.accept_already_queued(&pool, &open);
+            self.take_in_the_last(&pool, &open, max_connections);
         }
         // The queue's last sender outside the pool goes too, or the workers would wait for more forever.
         let Server { config, listener, queue, .. } = self;
@@ -198,13 +222,32 @@ impl Server {
             config.shutdown_timeout,
             pool.open_connections()
         );
-        pool.shutdown(config.shutdown_timeout)
+        pool.shutdown(config.shutdown_timeout.saturating_sub(stop_began.elapsed()))
             .map_err(|(abandoned, summary)| Error::ShutdownTimedOut { abandoned, summary })
     }
 
-    fn accept_until_stopped(&mut self, pool: &Pool, open: &Arc<OpenCount>, notifier: &mut Option<Notifier>) {
+    fn accept_until_stopped(
+        &mut self,
+        pool: &Pool,
+        open: &Arc<OpenCount>,
+        max_connections: usize,
+        notifier: &mut Option<Notifier>,
+    ) {
         let mut last_warning: Option<Instant> = None;
+        let mut last_full: Option<Instant> = None;
         while !self.stop.is_requested() {
+            // At the cap, clients wait whole in the listen backlog until a connection closes.
+            if open.get() >= max_connections {
+                if last_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    warn!(
+                        "{max_connections} connections open (max_connections): accepting again when one \
+                         closes; new clients wait in the listen backlog"
+                    );
+                    last_full = Some(Instant::now());
+                }
+                open.wait_below(max_connections, FULL_TICK);
+                continue;
+            }
             match self.listener.accept() {
                 Ok((stream, peer)) => self.dispatch(pool, open, stream, peer),
                 // The accept timed out (ACCEPT_TICK): time to look at the stop request again.
@@ -233,23 +276,32 @@ impl Server {
         pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &self.service));
     }
 
-    /// Takes in the connections the kernel had already completed when the stop came, so they are served,
-    /// not reset when the listener closes. No more than the accept queue can hold, so clients that keep
-    /// arriving meanwhile cannot keep the listener open.
-    fn accept_already_queued(&mut self, pool: &Pool, open: &Arc<OpenCount>) {
-        if let Err(e) = self.listener.stop_blocking() {
-            warn!("cannot take in the connections queued on {}: {e}; they will be reset", self.local_addr());
-            return;
-        }
-        let kernel_cap = fs::read_to_string("/proc/sys/net/core/somaxconn")
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok())
-            .unwrap_or(4096);
-        for _ in 0..self.config.backlog.min(kernel_cap) {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.dispatch(pool, open, stream, peer),
-                Err(e) if is_transient(&e) => {}
-                Err(_) => return,
+    /// Takes in every connection the kernel had answered when the stop came, queued or half-open, so that
+    /// none is reset when the listener closes (see `stop`), within `HALF_OPEN_WAIT` and the shutdown
+    /// timeout, and still under `max_connections`.
+    fn take_in_the_last(&mut self, pool: &Pool, open: &Arc<OpenCount>, max_connections: usize) {
+        let addr = self.local_addr();
+        let mut closing = Closing::begin(&self.listener, HALF_OPEN_WAIT.min(self.config.shutdown_timeout));
+        loop {
+            if open.get() >= max_connections {
+                if Instant::now() >= closing.deadline() {
+                    warn!(
+                        "{max_connections} connections open (max_connections) at the stop: clients still \
+                         queued on {addr} are reset"
+                    );
+                    return;
+                }
+                open.wait_below(max_connections, FULL_TICK);
+                continue;
+            }
+            match closing.next(&self.listener) {
+                Some(Ok((stream, peer))) => self.dispatch(pool, open, stream, peer),
+                Some(Err(e)) if is_transient(&e) => {}
+                Some(Err(e)) => {
+                    warn!("cannot take in the last connections on {addr}: {e}; those left are reset");
+                    return;
+                }
+                None => return,
             }
         }
     }

@@ -3,13 +3,16 @@
 //! room, never changed while the server runs except for the stop flag.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering::SeqCst},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
     time::Duration,
 };
 
 use crossbeam_utils::CachePadded;
 
-use crate::{config::Config, handler::Protocol, stats::Stats};
+use crate::{config::Config, handler::Protocol, limits::PerClient, stats::Stats};
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
 /// a reset): at least this much, and twice `max_request` when that is more.
@@ -26,6 +29,8 @@ pub(crate) struct Service {
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) leftover_limit: usize,
+    /// The connections open per client, with `max_per_client`.
+    pub(crate) per_client: Option<Arc<PerClient>>,
     /// On cache lines of their own: every connection bumps a counter, from a worker or the waiting room,
     /// and that must not drag the read-mostly fields above between cores.
     pub(crate) stats: CachePadded<Stats>,
@@ -44,6 +49,7 @@ impl Service {
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
+            per_client: config.max_per_client.map(PerClient::new),
             stats: CachePadded::new(Stats::default()),
             stopping: AtomicBool::new(false),
         }
