@@ -93,8 +93,8 @@ impl Server {
     }
 
     /// Serves `handler`'s protocol on a listening socket the caller made; `config.bind`, `backlog` and
-    /// `reuse_port` are not used. At the stop the server closes it, after taking in the clients the kernel
-    /// had already queued.
+    /// `reuse_port` are not used. At the stop the server closes it, after taking in every client the kernel
+    /// had answered (it attaches a socket filter that drops new SYNs and turns TCP_DEFER_ACCEPT off first).
     pub fn from_listener(
         listener: TcpListener,
         config: Config,
@@ -284,10 +284,13 @@ impl Server {
         let mut closing = Closing::begin(&self.listener, HALF_OPEN_WAIT.min(self.config.shutdown_timeout));
         loop {
             if open.get() >= max_connections {
+                if !closing.anything_left(&self.listener) {
+                    return;
+                }
                 if Instant::now() >= closing.deadline() {
                     warn!(
                         "{max_connections} connections open (max_connections) at the stop: clients still \
-                         queued on {addr} are reset"
+                         queued or half-open on {addr} are reset"
                     );
                     return;
                 }

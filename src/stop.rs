@@ -107,6 +107,17 @@ impl Closing {
         }
     }
 
+    /// Whether a client is still queued or half-open, looked at without waiting (for a server at
+    /// `max_connections`, which takes in the next only once a connection closes).
+    pub(crate) fn anything_left(&self, listener: &Listener) -> bool {
+        if !self.sealed || Instant::now() >= self.deadline {
+            return false;
+        }
+        sys::is_readable(listener.as_fd())
+            || !self.counting
+            || sys::half_open(listener.local_addr()).is_ok_and(|n| n > 0)
+    }
+
     /// When the taking in ends at the latest.
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline

@@ -28,10 +28,19 @@ pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, seconds: u32) -> io::Result<(
 
 /// Waits until `fd` is readable (for a listener: a connection is queued), for at most `timeout`.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) {
+    poll_readable(fd, timeout.as_millis().clamp(1, 1000) as libc::c_int);
+}
+
+/// Whether `fd` is readable now (for a listener: a connection is queued).
+pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> bool {
+    poll_readable(fd, 0)
+}
+
+fn poll_readable(fd: BorrowedFd<'_>, millis: libc::c_int) -> bool {
     let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let millis = timeout.as_millis().clamp(1, 1000) as libc::c_int;
     // SAFETY: one pollfd, which lives on this stack frame. An error or a signal only ends the wait early.
-    unsafe { libc::poll(&mut poll, 1, millis) };
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    ready > 0 && poll.revents & libc::POLLIN != 0
 }
 
 /// How often the kernel retransmitted on this connection (TCP_INFO's `tcpi_total_retrans`). For a connection
