@@ -33,6 +33,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MAX_QUEUE: usize = 1 << 16;
 /// The largest listen backlog the kernel's interface takes.
 pub const MAX_BACKLOG: u32 = i32::MAX as u32;
+/// The largest `max_connections` and `max_per_client`.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 30;
 /// The longest timeout; beyond it a deadline stops meaning anything.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
@@ -86,6 +88,13 @@ pub struct Config {
     pub reuse_port: bool,
     /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer.
     pub proxy_protocol: bool,
+    /// The most connections open at once: queued, on a worker, or waiting. At the cap the server accepts
+    /// no more until one closes, and new clients wait in the listen backlog. `None`: the soft limit on file
+    /// descriptors when the server starts, less 64 for the server's own files (half the limit below 128).
+    pub max_connections: Option<usize>,
+    /// The most connections open at once from one client address (with `proxy_protocol`, the address the
+    /// header names); a connection past it gets `busy_reply` when its message arrives. `None`: no limit.
+    pub max_per_client: Option<usize>,
 }
 
 impl Default for Config {
@@ -106,6 +115,8 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             reuse_port: false,
             proxy_protocol: false,
+            max_connections: None,
+            max_per_client: None,
         }
     }
 }
@@ -125,6 +136,13 @@ impl Config {
         }
         if let Err(why) = check_count(self.max_request, MAX_REQUEST_LIMIT) {
             return bad("max_request", why);
+        }
+        for (field, value) in
+            [("max_connections", self.max_connections), ("max_per_client", self.max_per_client)]
+        {
+            if let Some(Err(why)) = value.map(|n| check_count(n, MAX_CONNECTIONS_LIMIT)) {
+                return bad(field, why);
+            }
         }
         for (field, value) in [
             ("read_timeout", self.read_timeout),
@@ -190,5 +208,7 @@ mod tests {
         assert_eq!(refused(|c| c.queue = MAX_QUEUE + 1), "queue: must be at most 65536");
         assert_eq!(refused(|c| c.idle_timeout = Duration::ZERO), "idle_timeout: must be longer than zero");
         assert!(refused(|c| c.reply.clear()).starts_with("reply: must not be empty"));
+        assert_eq!(refused(|c| c.max_connections = Some(0)), "max_connections: must be at least 1");
+        assert_eq!(refused(|c| c.max_per_client = Some(0)), "max_per_client: must be at least 1");
     }
 }

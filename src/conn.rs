@@ -11,7 +11,8 @@
 //! Sockets are non-blocking and nothing here waits: a step that would wait returns the connection as
 //! [`Step::Wait`] with what it waits for and until when, and the waiting room does the waiting. The
 //! connection is a value that moves (queue, worker, room), so exactly one place holds it at a time, and it
-//! carries its place in the open count ([`Open`]), given back when it is dropped.
+//! carries its place in the open count ([`Open`]) and in its client's count ([`Quota`]), given back when
+//! it is dropped.
 
 use std::{
     fmt,
@@ -26,6 +27,7 @@ use log::{info, warn};
 use crate::{
     epoll::Interest,
     handler::{Message, State},
+    limits::Quota,
     preview::Preview,
     proxy::{self, HeaderRead},
     service::Service,
@@ -59,6 +61,8 @@ pub(crate) struct Conn {
     /// Registered with the waiting room's epoll (for as long as the socket lives).
     registered: bool,
     _open: Open,
+    /// Its place under `max_per_client`.
+    quota: Quota,
 }
 
 /// Where a connection is in its life.
@@ -154,6 +158,8 @@ impl Conn {
             rare,
             registered: false,
             _open: open,
+            // Behind a load balancer the client is known once the PROXY header has been read.
+            quota: if service.proxy_protocol { Quota::Free } else { client_quota(service, peer) },
         }
     }
 
@@ -275,6 +281,9 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
         Header::Read(conn) => conn,
         Header::Then(step) => return step,
     };
+    if let Quota::Over { open } = conn.quota {
+        return turn_away_client(conn, service, open);
+    }
     let early = match conn.rare.as_deref_mut() {
         Some(rare) if matches!(rare.preamble, Preamble::Early(_)) => std::mem::take(&mut rare.preamble),
         _ => Preamble::None,
@@ -317,6 +326,7 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
             let rare = conn.rare_mut();
             rare.client = source;
             rare.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
+            conn.quota = client_quota(service, conn.client());
             return Header::Read(conn);
         }
         HeaderRead::Closed => {
@@ -573,14 +583,31 @@ pub(crate) fn stop_idle(conn: Conn, service: &Service) -> Ready {
 /// short reply fits the send buffer of a connection that has no reply in flight. A client that only
 /// closed its side has sent no message: it is not turned away, just closed.
 pub(crate) fn turn_away(conn: Conn, service: &Service) -> Step {
+    refuse(conn, service, format_args!("every worker busy and the queue full"))
+}
+
+/// Answers the first message of a connection whose client already had `max_per_client` connections open
+/// when it came, as `turn_away` does.
+fn turn_away_client(conn: Conn, service: &Service, open: usize) -> Step {
+    let max = service.per_client.as_ref().map_or(open, |clients| clients.max());
+    let ip = conn.client().ip().to_canonical();
+    refuse(conn, service, format_args!("{open} connections from {ip} already open (max_per_client {max})"))
+}
+
+fn refuse(conn: Conn, service: &Service, why: fmt::Arguments<'_>) -> Step {
     let mut byte = [0; 1];
     if matches!(conn.stream.peek(&mut byte), Ok(0)) {
         return client_closed(conn, service);
     }
     let _ = (&conn.stream).write(&service.busy_reply);
-    warn!(target: "access", "{conn} turned away with the busy reply: every worker busy and the queue full");
+    warn!(target: "access", "{conn} turned away with the busy reply: {why}");
     service.stats.count(Ending::Busy);
     close_gracefully(conn, service, true)
+}
+
+/// A place for one more connection from `client` under `max_per_client`.
+fn client_quota(service: &Service, client: SocketAddr) -> Quota {
+    service.per_client.as_ref().map_or(Quota::Free, |clients| clients.take(client))
 }
 
 /// Writes as much of `data` as the socket takes now.

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{SocketAddr, TcpStream},
-    os::fd::AsFd,
+    os::fd::{AsFd, BorrowedFd},
     time::Duration,
 };
 
@@ -93,5 +93,11 @@ impl Listener {
     /// From now on `accept` returns `WouldBlock` at once when nothing is pending.
     pub(crate) fn stop_blocking(&self) -> io::Result<()> {
         self.socket.set_nonblocking(true)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }

@@ -4,11 +4,13 @@
 //! connection. The accept times out every `ACCEPT_TICK` (SO_RCVTIMEO), so a stop request is seen within that
 //! on any listener: loopback, wildcard or IPv6, port 0, inherited from systemd, or shared with other
 //! processes through SO_REUSEPORT, where connecting to ourselves to wake the thread could reach another
-//! process instead. Under systemd, readiness, status and stopping are reported to the service manager.
+//! process instead. At `max_connections` the loop waits for a connection to close before it accepts the
+//! next (see `limits`); at the stop it takes in the last connections without resetting any (see `stop`).
+//! Under systemd, readiness, status and stopping are reported to the service manager.
 
 use std::{
     any::TypeId,
-    fs, io,
+    io,
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc, Mutex, PoisonError,
@@ -26,16 +28,22 @@ use crate::{
     conn::Conn,
     error::Error,
     handler::{Builtin, Handler, Protocol},
+    limits,
     listener::Listener,
     monitor::Monitor,
     pool::Pool,
     service::{Current, Service},
     stats::{Gauges, Open, OpenCount, Summary},
+    stop::{Closing, HALF_OPEN_WAIT},
+    sys,
     systemd::{self, Notifier},
 };
 
 /// Pause after an accept failure such as running out of file descriptors, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At `max_connections`, how long one wait for a connection to close lasts before the loop looks at the
+/// stop request again.
+const FULL_TICK: Duration = Duration::from_millis(20);
 
 /// A server with its listening socket, ready to `run`.
 pub struct Server {
@@ -51,6 +59,8 @@ pub struct Server {
     stop: ShutdownHandle,
     /// The id of the last connection accepted.
     last_id: u64,
+    /// At this many open connections the accept loop waits for one to close.
+    max_connections: usize,
     open: Arc<OpenCount>,
     gauges: Arc<Gauges>,
     /// The queue from the accept loop and the waiting room to the workers, made here so that a `Monitor`
@@ -116,8 +126,8 @@ impl Server {
     }
 
     /// Serves `handler`'s protocol on a listening socket the caller made; `config.bind`, `backlog` and
-    /// `reuse_port` are not used. At the stop the server closes it, after taking in the clients the kernel
-    /// had already queued.
+    /// `reuse_port` are not used. At the stop the server closes it, after taking in every client the kernel
+    /// had answered (it attaches a socket filter that drops new SYNs and turns TCP_DEFER_ACCEPT off first).
     pub fn from_listener(
         listener: TcpListener,
         config: Config,
@@ -155,6 +165,7 @@ impl Server {
             listener,
             stop: ShutdownHandle::default(),
             last_id: 0,
+            max_connections: usize::MAX,
             open: Arc::default(),
             gauges: Arc::default(),
             queue,
@@ -201,10 +212,25 @@ impl Server {
         } else {
             String::new()
         };
+        let fd_limit = sys::fd_limit();
+        let max_connections =
+            config.max_connections.unwrap_or_else(|| limits::default_max_connections(fd_limit));
+        let per_client = config.max_per_client.map(|n| format!(", max per client {n}")).unwrap_or_default();
+        let fds = fd_limit.map_or_else(|| "no fd limit".to_owned(), |n| format!("fd limit {n}"));
         info!(
-            "listening on {addr} (workers {}, queue {}, {socket}, {}{conversations})",
+            "listening on {addr} (workers {}, queue {}, {socket}, {}{conversations}, max connections \
+             {max_connections}{per_client}, {fds})",
             config.workers, config.queue, self.protocol
         );
+        if let Some(limit) = fd_limit
+            && max_connections as u64 > limit
+        {
+            warn!(
+                "max_connections {max_connections} is above the fd limit {limit}: accepts will fail with \
+                 'Too many open files' before the cap is reached; raise the limit (ulimit -n, LimitNOFILE=) \
+                 or lower max_connections"
+            );
+        }
         let open = Arc::clone(&self.open);
         self.gauges.workers.store(config.workers, SeqCst);
         let mut pool = Pool::start(
@@ -218,15 +244,17 @@ impl Server {
         if let Some(notifier) = &notifier {
             notifier.ready(&format!("serving on {addr}"));
         }
+        self.max_connections = max_connections;
         self.accept_until_stopped(&mut pool, &open, &mut notifier);
         // Logged here, where the stop is acted on, so it always comes before the `stopping:` line.
         info!("stop requested: finishing open connections");
         if let Some(notifier) = &notifier {
             notifier.stopping(&format!("stopping: draining {} open connections", pool.open_connections()));
         }
+        let stop_began = Instant::now();
         let inherited = self.listener.is_inherited();
         if !inherited {
-            self.accept_already_queued(&pool, &open);
+            self.take_in_the_last(&pool, &open, self.max_connections);
         }
         // The queue's last sender outside the pool goes too, or the workers would wait for more forever.
         let Server { config, listener, queue, .. } = self;
@@ -241,7 +269,7 @@ impl Server {
             config.shutdown_timeout,
             pool.open_connections()
         );
-        pool.shutdown(config.shutdown_timeout)
+        pool.shutdown(config.shutdown_timeout.saturating_sub(stop_began.elapsed()))
             .map_err(|(abandoned, summary)| Error::ShutdownTimedOut { abandoned, summary })
     }
 
@@ -252,6 +280,7 @@ impl Server {
         notifier: &mut Option<Notifier>,
     ) {
         let mut last_warning: Option<Instant> = None;
+        let mut last_full: Option<Instant> = None;
         while !self.stop.is_requested() {
             if let Some(config) = self.reload.take() {
                 if let Some(notifier) = notifier {
@@ -261,6 +290,19 @@ impl Server {
                 if let Some(notifier) = notifier {
                     notifier.ready(&format!("serving on {}", self.local_addr()));
                 }
+            }
+            // At the cap, clients wait whole in the listen backlog until a connection closes.
+            let max_connections = self.max_connections;
+            if open.get() >= max_connections {
+                if last_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    warn!(
+                        "{max_connections} connections open (max_connections): accepting again when one \
+                         closes; new clients wait in the listen backlog"
+                    );
+                    last_full = Some(Instant::now());
+                }
+                open.wait_below(max_connections, FULL_TICK);
+                continue;
             }
             match self.listener.accept() {
                 Ok((stream, peer)) => self.dispatch(pool, open, stream, peer),
@@ -315,6 +357,8 @@ impl Server {
             Arc::clone(&self.handler)
         };
         self.current.set(self.current.get().next(&config, handler));
+        self.max_connections =
+            config.max_connections.unwrap_or_else(|| limits::default_max_connections(sys::fd_limit()));
         if let Err(e) = pool.resize(config.workers) {
             warn!("reload: {e}; the pool stays at fewer workers than asked");
         }
@@ -330,23 +374,35 @@ impl Server {
         }
     }
 
-    /// Takes in the connections the kernel had already completed when the stop came, so they are served,
-    /// not reset when the listener closes. No more than the accept queue can hold, so clients that keep
-    /// arriving meanwhile cannot keep the listener open.
-    fn accept_already_queued(&mut self, pool: &Pool, open: &Arc<OpenCount>) {
-        if let Err(e) = self.listener.stop_blocking() {
-            warn!("cannot take in the connections queued on {}: {e}; they will be reset", self.local_addr());
-            return;
-        }
-        let kernel_cap = fs::read_to_string("/proc/sys/net/core/somaxconn")
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok())
-            .unwrap_or(4096);
-        for _ in 0..self.config.backlog.min(kernel_cap) {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.dispatch(pool, open, stream, peer),
-                Err(e) if is_transient(&e) => {}
-                Err(_) => return,
+    /// Takes in every connection the kernel had answered when the stop came, queued or half-open, so that
+    /// none is reset when the listener closes (see `stop`), within `HALF_OPEN_WAIT` and the shutdown
+    /// timeout, and still under `max_connections`.
+    fn take_in_the_last(&mut self, pool: &Pool, open: &Arc<OpenCount>, max_connections: usize) {
+        let addr = self.local_addr();
+        let mut closing = Closing::begin(&self.listener, HALF_OPEN_WAIT.min(self.config.shutdown_timeout));
+        loop {
+            if open.get() >= max_connections {
+                if !closing.anything_left(&self.listener) {
+                    return;
+                }
+                if Instant::now() >= closing.deadline() {
+                    warn!(
+                        "{max_connections} connections open (max_connections) at the stop: clients still \
+                         queued or half-open on {addr} are reset"
+                    );
+                    return;
+                }
+                open.wait_below(max_connections, FULL_TICK);
+                continue;
+            }
+            match closing.next(&self.listener) {
+                Some(Ok((stream, peer))) => self.dispatch(pool, open, stream, peer),
+                Some(Err(e)) if is_transient(&e) => {}
+                Some(Err(e)) => {
+                    warn!("cannot take in the last connections on {addr}: {e}; those left are reset");
+                    return;
+                }
+                None => return,
             }
         }
     }
@@ -370,6 +426,9 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     note("keep_alive", old.keep_alive.to_string(), new.keep_alive.to_string());
     note("idle_timeout", format!("{:?}", old.idle_timeout), format!("{:?}", new.idle_timeout));
     note("proxy_protocol", old.proxy_protocol.to_string(), new.proxy_protocol.to_string());
+    let limit = |n: Option<usize>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());
+    note("max_connections", limit(old.max_connections), limit(new.max_connections));
+    note("max_per_client", limit(old.max_per_client), limit(new.max_per_client));
     if old.reply != new.reply {
         changed.push("reply".to_owned());
     }

@@ -17,7 +17,7 @@ use std::{
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_utils::CachePadded;
 
-use crate::{config::Config, handler::Protocol, stats::Stats};
+use crate::{config::Config, handler::Protocol, limits::PerClient, stats::Stats};
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
 /// a reset): at least this much, and twice `max_request` when that is more.
@@ -36,6 +36,8 @@ pub(crate) struct Service {
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) leftover_limit: usize,
+    /// The connections open per client, with `max_per_client`.
+    pub(crate) per_client: Option<Arc<PerClient>>,
     /// On cache lines of their own: every connection bumps a counter, from a worker or the waiting room,
     /// and that must not drag the read-mostly fields above between cores.
     pub(crate) stats: Arc<CachePadded<Stats>>,
@@ -45,17 +47,27 @@ pub(crate) struct Service {
 impl Service {
     /// The first generation.
     pub(crate) fn new(config: &Config, protocol: Arc<dyn Protocol>) -> Service {
-        Service::with(config, protocol, Arc::default(), Arc::default())
+        let per_client = config.max_per_client.map(PerClient::new);
+        Service::with(config, protocol, per_client, Arc::default(), Arc::default())
     }
 
-    /// The next generation, after a reload: new settings, the same counters and stop flag.
+    /// The next generation, after a reload: new settings, the same counters and stop flag, and the same
+    /// per-client counts (with the new limit).
     pub(crate) fn next(&self, config: &Config, protocol: Arc<dyn Protocol>) -> Service {
-        Service::with(config, protocol, Arc::clone(&self.stats), Arc::clone(&self.stopping))
+        let per_client = config.max_per_client.map(|max| match &self.per_client {
+            Some(per_client) => {
+                per_client.set_max(max);
+                Arc::clone(per_client)
+            }
+            None => PerClient::new(max),
+        });
+        Service::with(config, protocol, per_client, Arc::clone(&self.stats), Arc::clone(&self.stopping))
     }
 
     fn with(
         config: &Config,
         protocol: Arc<dyn Protocol>,
+        per_client: Option<Arc<PerClient>>,
         stats: Arc<CachePadded<Stats>>,
         stopping: Arc<AtomicBool>,
     ) -> Service {
@@ -70,6 +82,7 @@ impl Service {
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
+            per_client,
             stats,
             stopping,
         }

@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use crate::limits::Vacancy;
+
 /// The counters of what happened to connections and messages. Relaxed: they are read only for reports.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -133,13 +135,22 @@ impl Stats {
 /// How many connections are open: queued, on a worker, or in the waiting room. Each connection holds an
 /// [`Open`] that counts it while it lives, so no path can forget or double a release.
 #[derive(Debug, Default)]
-pub(crate) struct OpenCount(CachePadded<AtomicUsize>);
+pub(crate) struct OpenCount {
+    count: CachePadded<AtomicUsize>,
+    /// Wakes the accept loop waiting at `max_connections` when a connection closes.
+    vacancy: Vacancy,
+}
 
 impl OpenCount {
     // SeqCst: the drain ends when the stop flag is set and this count is zero, and every thread must see
     // those two in one order.
     pub(crate) fn get(&self) -> usize {
-        self.0.load(SeqCst)
+        self.count.load(SeqCst)
+    }
+
+    /// Waits until fewer than `max` connections are open, for at most `timeout`; returns whether they are.
+    pub(crate) fn wait_below(&self, max: usize, timeout: Duration) -> bool {
+        self.vacancy.wait(|| self.get() < max, timeout)
     }
 }
 
@@ -160,14 +171,15 @@ pub(crate) struct Open(Arc<OpenCount>);
 
 impl Open {
     pub(crate) fn new(count: &Arc<OpenCount>) -> Open {
-        count.0.fetch_add(1, SeqCst);
+        count.count.fetch_add(1, SeqCst);
         Open(Arc::clone(count))
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, SeqCst);
+        self.0.count.fetch_sub(1, SeqCst);
+        self.0.vacancy.notify();
     }
 }
 

@@ -41,6 +41,8 @@ fn every_option_can_come_from_the_environment() {
         ("POOLSERVER_WORKERS", "3"),
         ("POOLSERVER_QUEUE", "5"),
         ("POOLSERVER_BACKLOG", "300"),
+        ("POOLSERVER_MAX_CONNECTIONS", "50"),
+        ("POOLSERVER_MAX_PER_CLIENT", "5"),
         ("POOLSERVER_MODE", "echo"),
         ("POOLSERVER_MAX_REQUEST", "4"),
         ("POOLSERVER_READ_TIMEOUT", "2s"),
@@ -54,7 +56,10 @@ fn every_option_can_come_from_the_environment() {
     let mut server = Server::start_with(&[], &env);
     let line = server.wait_for("listening on");
     assert!(
-        line.contains("workers 3, queue 5, backlog 300, mode echo, keep-alive, idle timeout 3s"),
+        line.contains(
+            "workers 3, queue 5, backlog 300, mode echo, keep-alive, idle timeout 3s, max connections 50, \
+             max per client 5,"
+        ),
         "{line}"
     );
     // Reads of at most 4 bytes: "abcdefgh" is two messages, each echoed.
@@ -81,6 +86,8 @@ bind = "127.0.0.1:0"
 workers = 3
 queue = 7
 backlog = 200
+max_connections = 60
+max_per_client = 6
 mode = "echo"
 reply = "unused in echo mode"
 busy_reply = "full"
@@ -96,7 +103,10 @@ log_level = "info"
     let mut server = Server::start(&["--config", config.to_str().unwrap()]);
     let line = server.wait_for("listening on");
     assert!(
-        line.contains("workers 3, queue 7, backlog 200, mode echo, keep-alive, idle timeout 42s"),
+        line.contains(
+            "workers 3, queue 7, backlog 200, mode echo, keep-alive, idle timeout 42s, max connections 60, \
+             max per client 6,"
+        ),
         "{line}"
     );
     let mut conversation = support::connect(server.addr);
@@ -164,6 +174,8 @@ fn bad_flag_values_are_named() {
     rejected(&["--backlog=-5"], &[], &["--backlog", "not a whole number"]);
     rejected(&["--mode", "shout"], &[], &["--mode", "shout"]);
     rejected(&["--max-request", "0"], &[], &["--max-request"]);
+    rejected(&["--max-connections", "0"], &[], &["--max-connections", "at least 1"]);
+    rejected(&["--max-per-client", "2000000000"], &[], &["--max-per-client", "at most 1073741824"]);
     rejected(&["--read-timeout", "5"], &[], &["--read-timeout", "like 250ms"]);
     rejected(&["--write-timeout", "0s"], &[], &["--write-timeout", "longer than zero"]);
     rejected(&["--log-level", "loud"], &[], &["--log-level", "loud"]);
@@ -175,14 +187,20 @@ fn bad_flag_values_are_named() {
 fn bad_environment_values_name_the_variable() {
     rejected(&[], &[("POOLSERVER_WORKERS", "many")], &["--workers", "POOLSERVER_WORKERS"]);
     rejected(&[], &[("POOLSERVER_SHUTDOWN_TIMEOUT", "soon")], &["POOLSERVER_SHUTDOWN_TIMEOUT"]);
+    rejected(
+        &[],
+        &[("POOLSERVER_MAX_PER_CLIENT", "lots")],
+        &["--max-per-client", "POOLSERVER_MAX_PER_CLIENT"],
+    );
 }
 
 #[test]
 fn bad_config_files_name_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("workers = 0\n", &["workers", "at least 1"]),
         ("queue = 0\n", &["queue", "at least 1"]),
+        ("max_connections = 0\n", &["max_connections", "at least 1"]),
         ("read_timeout = \"soon\"\n", &["read_timeout", "'soon' is not a duration"]),
         ("bogus = 1\n", &["line 1: unknown key 'bogus'; the keys are bind,"]),
         ("workers = \"two\"\n", &["line 1: workers: expected a number, like 4 (found a string)"]),
@@ -216,7 +234,14 @@ fn help_lists_every_option_with_its_variable() {
     let output = support::output(&mut support::command(&["serve", "--help"], &[]), support::WAIT);
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for var in ["POOLSERVER_BIND", "POOLSERVER_WORKERS", "POOLSERVER_READ_TIMEOUT", "POOLSERVER_LOG_FILE"] {
+    for var in [
+        "POOLSERVER_BIND",
+        "POOLSERVER_WORKERS",
+        "POOLSERVER_READ_TIMEOUT",
+        "POOLSERVER_LOG_FILE",
+        "POOLSERVER_MAX_CONNECTIONS",
+        "POOLSERVER_MAX_PER_CLIENT",
+    ] {
         assert!(help.contains(var), "{var} missing from:\n{help}");
     }
 }

@@ -184,6 +184,16 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_BACKLOG", value_name = "N", value_parser = settings::parse_backlog)]
     pub backlog: Option<u32>,
 
+    /// Most connections open at once (queued, on a worker or waiting); at the cap, new clients wait in the
+    /// listen backlog until one closes [default: the fd limit less 64]
+    #[arg(long, env = "POOLSERVER_MAX_CONNECTIONS", value_name = "N", value_parser = settings::parse_max_connections)]
+    pub max_connections: Option<usize>,
+
+    /// Most connections open at once from one client address (with --proxy-protocol, the address the header
+    /// names); past it, a connection gets the busy reply [default: no limit]
+    #[arg(long, env = "POOLSERVER_MAX_PER_CLIENT", value_name = "N", value_parser = settings::parse_max_connections)]
+    pub max_per_client: Option<usize>,
+
     /// ack: answer every message with --reply; echo: send the message back [default: ack]
     #[arg(long, env = "POOLSERVER_MODE", value_name = "MODE")]
     pub mode: Option<ModeArg>,

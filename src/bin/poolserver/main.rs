@@ -16,6 +16,7 @@ mod check;
 mod cli;
 mod client;
 mod errors;
+mod fd_limit;
 mod generate;
 mod logging;
 mod metrics;
@@ -145,6 +146,19 @@ fn run_server(
     log: LogSettings,
     logs: &Logs,
 ) -> ExitCode {
+    // Before the server is made: the default max_connections follows the limit.
+    match fd_limit::raise() {
+        Ok(fd_limit::FdLimit::AtHard) => {}
+        Ok(fd_limit::FdLimit::Raised { from, to }) => {
+            info!("raised the soft fd limit from {from} to {to} (the hard limit)")
+        }
+        Ok(fd_limit::FdLimit::Refused { soft, hard, error }) => {
+            warn!(
+                "cannot raise the soft fd limit from {soft} to the hard limit {hard}: {error}; it stays {soft}"
+            )
+        }
+        Err(e) => warn!("cannot read the fd limit: {e}"),
+    }
     // Under systemd's socket activation the socket comes from systemd; otherwise we bind our own.
     let handler = Builtin::from_config(&config);
     let server = match Server::from_systemd(config.clone(), handler.clone()) {

@@ -18,7 +18,10 @@ use std::{
 use log::LevelFilter;
 use poolserver::{
     Config, Error, Mode,
-    config::{MAX_BACKLOG, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS, check_count, check_duration},
+    config::{
+        MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS, check_count,
+        check_duration,
+    },
 };
 use toml::de::{DeTable, DeValue};
 
@@ -71,6 +74,8 @@ impl Settings {
         c.workers = args.workers.or(file.workers).unwrap_or(c.workers);
         c.queue = args.queue.or(file.queue).unwrap_or(c.queue);
         c.backlog = args.backlog.or(file.backlog).unwrap_or(c.backlog);
+        c.max_connections = args.max_connections.or(file.max_connections).or(c.max_connections);
+        c.max_per_client = args.max_per_client.or(file.max_per_client).or(c.max_per_client);
         c.mode = args.mode.map(Mode::from).or(file.mode).unwrap_or(c.mode);
         if let Some(reply) = args.reply.clone().or(file.reply) {
             c.reply = reply;
@@ -106,6 +111,8 @@ pub const KEYS: &[&str] = &[
     "workers",
     "queue",
     "backlog",
+    "max_connections",
+    "max_per_client",
     "mode",
     "reply",
     "busy_reply",
@@ -130,6 +137,8 @@ struct FileConfig {
     workers: Option<usize>,
     queue: Option<usize>,
     backlog: Option<u32>,
+    max_connections: Option<usize>,
+    max_per_client: Option<usize>,
     mode: Option<Mode>,
     reply: Option<String>,
     busy_reply: Option<String>,
@@ -189,6 +198,8 @@ impl FileConfig {
                 let n = u32::try_from(count(value, "1024")?).unwrap_or(u32::MAX);
                 self.backlog = Some(check_backlog(n)?);
             }
+            "max_connections" => self.max_connections = Some(check_connections(count(value, "10000")?)?),
+            "max_per_client" => self.max_per_client = Some(check_connections(count(value, "100")?)?),
             "mode" => self.mode = Some(parse_mode(text(value, "\"ack\" or \"echo\"")?)?),
             "reply" => self.reply = Some(parse_reply(text(value, "\"got it\"")?)?),
             "busy_reply" => self.busy_reply = Some(parse_reply(text(value, "\"busy\"")?)?),
@@ -362,6 +373,16 @@ fn check_backlog(n: u32) -> Result<u32, String> {
     if n == 0 || n > MAX_BACKLOG { Err(format!("must be between 1 and {MAX_BACKLOG}")) } else { Ok(n) }
 }
 
+/// A cap on connections (`max_connections`, `max_per_client`): a whole number from 1 to
+/// `MAX_CONNECTIONS_LIMIT`.
+pub fn parse_max_connections(text: &str) -> Result<usize, String> {
+    check_connections(parse_number(text)?)
+}
+
+fn check_connections(n: usize) -> Result<usize, String> {
+    check_count(n, MAX_CONNECTIONS_LIMIT)
+}
+
 pub fn parse_max_request(text: &str) -> Result<usize, String> {
     check_max_request(parse_number(text)?)
 }
@@ -446,6 +467,8 @@ mod tests {
         assert_eq!(parse_workers("100000000000000").unwrap_err(), "must be at most 1024");
         assert_eq!(parse_queue("65537").unwrap_err(), "must be at most 65536");
         assert!(parse_max_request("99999999999").unwrap_err().contains("between 1 and"));
+        assert_eq!(parse_max_connections("0").unwrap_err(), "must be at least 1");
+        assert_eq!(parse_max_connections("2000000000").unwrap_err(), "must be at most 1073741824");
     }
 
     #[test]
@@ -463,7 +486,7 @@ mod tests {
             wrong("workers = \"4\""),
             "line 1: workers: expected a number, like 4 (found a string: write the number without quotes)"
         );
-        for key in ["workers", "queue", "backlog", "max_request"] {
+        for key in ["workers", "queue", "backlog", "max_connections", "max_per_client", "max_request"] {
             assert!(
                 wrong(&format!("{key} = []")).contains(&format!("{key}: expected a number, like")),
                 "{key}"
@@ -492,7 +515,8 @@ mod tests {
     #[test]
     fn every_file_key_is_read() {
         let file = FileConfig::parse(
-            "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmode = \"echo\"\nreply = \"r\"\n\
+            "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmax_connections = 11\nmax_per_client = 2\n\
+             mode = \"echo\"\nreply = \"r\"\n\
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
@@ -502,6 +526,7 @@ mod tests {
         assert_eq!(
             format!("{file:?}"),
             "FileConfig { bind: Some(127.0.0.1:9), workers: Some(3), queue: Some(7), backlog: Some(9), \
+             max_connections: Some(11), max_per_client: Some(2), \
              mode: Some(Echo), reply: Some(\"r\"), busy_reply: Some(\"b\"), max_request: Some(5), \
              read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
