@@ -129,3 +129,44 @@ fn the_stress_script_runs_its_quick_ladder() {
     assert!(status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("clients") && stdout.contains("conn/s"), "{stdout}");
 }
+
+#[test]
+fn the_bench_script_runs_a_one_shot_and_a_conversation_scenario() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench.sh");
+    let output = support::output(
+        std::process::Command::new("bash").args([
+            script,
+            "--quick",
+            "--scenarios",
+            "S1,K1",
+            "--bin",
+            support::BIN,
+        ]),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    // server, scenario, clients, idle, secs, conn/s, msg/s, ...: msg/s only for the conversation.
+    let row = |scenario: &str| -> Vec<String> {
+        let line = stdout.lines().find(|line| line.starts_with(&format!("poolserver  {scenario} ")));
+        let line = line.unwrap_or_else(|| panic!("no {scenario} row in:\n{stdout}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    assert_eq!(row("S1")[6], "-", "{stdout}");
+    assert_ne!(row("K1")[6], "-", "{stdout}");
+    assert!(row("K1")[6].chars().next().is_some_and(|c| c.is_ascii_digit()), "{stdout}");
+}
+
+#[test]
+fn the_bench_script_rejects_options_that_do_not_go_together() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench.sh");
+    for (args, needle) in [
+        (&["--curves", "--scenarios", "S1"][..], "--curves runs its own sweep"),
+        (&["--chart", "x.svg"][..], "add --curves"),
+        (&["--scenarios", "K9"][..], "unknown scenario 'K9'"),
+    ] {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(script).args(args).args(["--bin", support::BIN]);
+        support::rejected_command(cmd, &[needle]);
+    }
+}
