@@ -379,7 +379,7 @@ fn client_loop(plan: &Plan, deadline: Instant, issued: &AtomicU64, done: &Atomic
             break;
         }
         if plan.messages > 1 {
-            converse(plan, plan.messages, &mut tally, &mut reply);
+            converse(plan, plan.messages, deadline, &mut tally, &mut reply);
             done.fetch_add(1, Relaxed);
             continue;
         }
@@ -399,13 +399,17 @@ fn client_loop(plan: &Plan, deadline: Instant, issued: &AtomicU64, done: &Atomic
     tally
 }
 
-/// One conversation of `messages` lockstep messages, then a clean close.
-fn converse(plan: &Plan, messages: u64, tally: &mut Tally, reply: &mut Vec<u8>) {
+/// One conversation of `messages` lockstep messages, then a clean close; cut short (and still closed
+/// cleanly) when the run's `deadline` comes first, so that a long conversation cannot overrun the run.
+fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally, reply: &mut Vec<u8>) {
     let mut conversation = match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
         Ok(conversation) => conversation,
         Err(failure) => return tally.fail(failure),
     };
     for _ in 0..messages {
+        if Instant::now() >= deadline {
+            break;
+        }
         if !tally.ask(plan, &mut conversation, reply) {
             return;
         }
