@@ -16,7 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{BIN, REPLY, WAIT, clear_environment};
+use support::{BIN, REPLY, WAIT, clear_environment, exchange_from};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
 /// The load balancer's address on the hosts' bridge: HAProxy connects to the backends from it.
@@ -228,20 +228,6 @@ fn converse_from(source: &str, addr: SocketAddr, messages: u32) -> SocketAddr {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{} bytes after the last reply", rest.len());
-    stream.local_addr().unwrap()
-}
-
-/// The tutorial's exchange from a chosen loopback source address; returns the local address used.
-fn exchange_from(source: &str, addr: SocketAddr) -> SocketAddr {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&source.parse::<SocketAddr>().unwrap().into()).unwrap();
-    socket.connect_timeout(&addr.into(), WAIT).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(b"hello").unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, REPLY.as_bytes());
     stream.local_addr().unwrap()
 }
 

@@ -4,7 +4,6 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
     thread,
@@ -12,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Guarded, REPLY, Server, WAIT, command, exchange};
+use support::{Guarded, REPLY, Server, WAIT, command, exchange, exchange_from};
 
 /// Runs `poolserver stress ARGS --json` in the background, killed by its PID if the test ends first.
 fn stress(addr: &str, args: &[&str]) -> Guarded {
@@ -75,20 +74,6 @@ fn without_reuse_port_a_second_process_cannot_bind() {
 
 fn free_loopback_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// One exchange from a chosen loopback source address; returns the local address used.
-fn exchange_from(source: &str, addr: SocketAddr) -> SocketAddr {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&source.parse::<SocketAddr>().unwrap().into()).unwrap();
-    socket.connect_timeout(&addr.into(), WAIT).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(b"hello").unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, REPLY.as_bytes());
-    stream.local_addr().unwrap()
 }
 
 #[test]

@@ -474,3 +474,17 @@ pub fn accepted_keys() -> Vec<String> {
     assert!(keys.len() >= 10 && keys.iter().all(|k| !k.is_empty() && !k.contains(' ')), "{line}");
     keys
 }
+
+/// The tutorial's exchange from a chosen loopback source address; returns the local address used.
+pub fn exchange_from(source: &str, addr: SocketAddr) -> SocketAddr {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&source.parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.connect_timeout(&addr.into(), WAIT).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"hello").unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, REPLY.as_bytes());
+    stream.local_addr().unwrap()
+}
