@@ -3,7 +3,7 @@
 use std::{
     io, mem,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -12,15 +12,19 @@ use socket2::{SockFilter, SockRef};
 /// Asks the kernel to hand over a connection only once its first data has arrived, or after about
 /// `seconds` of silence (TCP_DEFER_ACCEPT). Idle clients then wait in the kernel instead of in the server.
 pub(crate) fn set_defer_accept(fd: BorrowedFd<'_>, seconds: u32) -> io::Result<()> {
-    let value = seconds as libc::c_int;
-    // SAFETY: the option value points to a live c_int and its size is passed alongside.
+    set_option(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, &(seconds as libc::c_int))
+}
+
+/// Sets a socket option to the bytes of `value`, which must be the C type the option takes.
+fn set_option<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: the option value points to a live `T` and its size is passed alongside.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            level,
+            name,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
@@ -158,19 +162,7 @@ fn open_sock_diag() -> io::Result<OwnedFd> {
     // SAFETY: `fd` was just opened and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-    // SAFETY: the option value points to a live timeval and its size is passed alongside.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    set_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
     Ok(fd)
 }
 
