@@ -3,8 +3,7 @@
 //! A connection's descriptor is registered once, edge-triggered, for input and for room to write: a
 //! conversation that comes back to wait a thousand times costs no system call to wait again. An edge can
 //! fire while the connection is away on a worker; the waiting room keeps it for when the connection comes
-//! back (see `waiting`). Level-triggered, so input that a worker left
-//! unread (the next message of a conversation) is reported again as soon as the descriptor is re-armed.
+//! back (see `waiting`).
 
 use std::{
     io,

@@ -29,7 +29,7 @@ use log::error;
 use crate::{
     conn::{self, Conn, Step},
     error::Error,
-    service::Current,
+    service::{Current, Service},
     stats::{Ending, Gauges, OpenCount, Summary},
     waiting::{Door, WaitingRoom},
 };
@@ -120,8 +120,7 @@ impl Pool {
     /// lets some through: SYN cookies skip it, and it lets go of a silent client after a second) goes to the
     /// waiting room and takes neither a queue slot nor a worker. So does one that finds the queue full: the
     /// room turns it away only if the queue is still full when it reads.
-    pub(crate) fn dispatch(&self, conn: Conn) {
-        let service = self.current.get();
+    pub(crate) fn dispatch(&self, conn: Conn, service: &Service) {
         let conn = if conn.has_input() && self.queue.len() < service.queue_limit {
             match self.queue.send(conn) {
                 Ok(()) => return,
@@ -130,7 +129,7 @@ impl Pool {
         } else {
             conn
         };
-        match conn::waiting_for_message(conn, &service) {
+        match conn::waiting_for_message(conn, service) {
             Step::Wait(waiting) => self.door.admit(waiting),
             Step::Done => {}
         }

@@ -330,7 +330,7 @@ impl Server {
         self.last_id += 1;
         let service = self.current.get();
         service.stats.accepted();
-        pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &service));
+        pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &service), &service);
     }
 
     /// Applies a reloaded configuration: a new service for every next step, the pool resized. What needs a
