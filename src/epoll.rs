@@ -88,17 +88,20 @@ pub(crate) struct Waker {
 }
 
 impl Waker {
-    /// A waker reported as `token` on `epoll`. It stays armed: a wake is seen however often it comes.
-    pub(crate) fn new(epoll: &Epoll, token: u64) -> io::Result<Waker> {
+    /// A waker reported as `token` on each of `epolls`. It stays armed: a wake is seen however often it
+    /// comes, by whichever of them is waited on.
+    pub(crate) fn new(epolls: &[&Epoll], token: u64) -> io::Result<Waker> {
         // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         // SAFETY: a fresh descriptor that nothing else owns.
         let waker = Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
-        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        cvt(unsafe {
-            libc::epoll_ctl(epoll.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, waker.fd.as_raw_fd(), &mut event)
-        })?;
+        for epoll in epolls {
+            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+            // SAFETY: `event` is a valid epoll_event for the duration of the call.
+            cvt(unsafe {
+                libc::epoll_ctl(epoll.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, waker.fd.as_raw_fd(), &mut event)
+            })?;
+        }
         Ok(waker)
     }
 

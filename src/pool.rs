@@ -130,7 +130,7 @@ impl Pool {
             conn
         };
         match conn::waiting_for_message(conn, service) {
-            Step::Wait(waiting) => self.door.admit(waiting),
+            Step::Wait(waiting) => self.door.admit(waiting, service),
             Step::Done => {}
         }
     }
@@ -170,14 +170,21 @@ impl Pool {
 /// (or the next of a steady stream) finds a worker still awake.
 const STAY_AWAKE: Duration = Duration::from_micros(100);
 
-/// The next queued connection: at once if there is one, else after looking for `STAY_AWAKE`, else after
-/// sleeping until one comes. `None` once the queue is closed and empty.
-fn next_job(jobs: &Receiver<Conn>) -> Option<Conn> {
+/// The next queued connection: at once if there is one, else after looking for `STAY_AWAKE` (watching the
+/// waiting room meanwhile, so that a message that arrives there comes straight to an awake worker), else
+/// after sleeping until one comes. `None` once the queue is closed and empty.
+fn next_job(
+    jobs: &Receiver<Conn>,
+    door: &Door,
+    current: &Current,
+    events: &mut Vec<libc::epoll_event>,
+) -> Option<Conn> {
     match jobs.try_recv() {
         Ok(conn) => return Some(conn),
         Err(TryRecvError::Disconnected) => return None,
         Err(TryRecvError::Empty) => {}
     }
+    let watch = door.watch();
     let until = Instant::now() + STAY_AWAKE;
     let mut round = 0_u32;
     loop {
@@ -191,10 +198,14 @@ fn next_job(jobs: &Receiver<Conn>) -> Option<Conn> {
                 hint::spin_loop();
             }
         }
+        watch.look(current, events);
         match jobs.try_recv() {
             Ok(conn) => return Some(conn),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if Instant::now() >= until => return jobs.recv().ok(),
+            Err(TryRecvError::Empty) if Instant::now() >= until => {
+                watch.before_sleep();
+                return jobs.recv().ok();
+            }
             Err(TryRecvError::Empty) => {}
         }
     }
@@ -210,7 +221,8 @@ fn spawn(name: String, body: Box<dyn FnOnce() + Send>) -> Result<thread::JoinHan
 /// A worker: serves queued connections until the queue is closed and empty, or it is asked to retire.
 fn work(jobs: &Receiver<Conn>, door: &Door, current: &Current, gauges: &Gauges, retiring: &AtomicUsize) {
     let mut buf = Vec::new();
-    while let Some(conn) = next_job(jobs) {
+    let mut events = Vec::with_capacity(64);
+    while let Some(conn) = next_job(jobs, door, current, &mut events) {
         let service = current.get();
         // A reload may have changed max_request; the buffer follows before the next read.
         buf.resize(service.max_request, 0);
@@ -219,7 +231,7 @@ fn work(jobs: &Receiver<Conn>, door: &Door, current: &Current, gauges: &Gauges, 
         let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, &service, &mut buf)));
         gauges.busy_workers.fetch_sub(1, Relaxed);
         match served {
-            Ok(Step::Wait(waiting)) => door.admit(waiting),
+            Ok(Step::Wait(waiting)) => door.admit(waiting, &service),
             Ok(Step::Done) => {}
             // The connection was dropped (and closed, and uncounted) as the panic unwound.
             Err(_) => {

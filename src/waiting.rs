@@ -21,7 +21,7 @@ use std::{
     sync::{
         Arc,
         atomic::{
-            AtomicU64,
+            AtomicBool, AtomicU64, AtomicUsize,
             Ordering::{Relaxed, SeqCst},
             fence,
         },
@@ -31,6 +31,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use log::error;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::{
     conn::{self, Conn, Ready, Step, Waiting},
@@ -45,6 +46,9 @@ use crate::{
 const WAKE: u64 = u64::MAX;
 /// While stopping, how often the room looks whether every connection has closed.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// While workers watch the connections, how often the room's thread looks at them too: the longest a
+/// client waits to be seen when every watcher has gone to serve something long.
+const WATCH_TICK: Duration = Duration::from_millis(1);
 /// `Bell::sleep_until` while the room is awake: nobody needs to ring.
 const AWAKE: u64 = 0;
 /// `Bell::sleep_until` while the room sleeps with no deadline.
@@ -95,23 +99,32 @@ impl Bell {
     }
 }
 
-/// The way in, for the accept loop and the workers. Cheap to clone.
+/// The way in, for the accept loop and the workers, and the way a worker with nothing to do watches the
+/// room. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Door {
-    inbox: Sender<Waiting>,
-    bell: Arc<Bell>,
+    room: Arc<Room>,
 }
 
 impl Door {
-    /// Hands a connection to the room. The room runs as long as any connection is open, so the inbox is
-    /// closed only if its thread has died; the connection then closes as it drops.
-    pub(crate) fn admit(&self, waiting: Waiting) {
+    /// Hands a connection to the room: straight in when nobody else is in the room's books at the moment,
+    /// else through the inbox. The inbox is closed only if the room's thread has ended; the connection then
+    /// closes as it drops.
+    pub(crate) fn admit(&self, waiting: Waiting, service: &Service) {
+        let room = &*self.room;
+        if let Some(mut round) = room.try_round(service) {
+            return round.hold(waiting);
+        }
+        if room.closed.load(SeqCst) {
+            error!("{}: the waiting room has stopped; closing", waiting.conn);
+            return;
+        }
         // Rung when no event may come without the room (it must register the descriptor first, or the
         // input is here already), or when the room would sleep past this connection's deadline.
         let urgent = !waiting.conn.is_registered() || waiting.input_pending;
-        let deadline = self.bell.nanos(waiting.deadline);
+        let deadline = room.bell.nanos(waiting.deadline);
         let fd = waiting.conn.stream().as_raw_fd();
-        if let Err(refused) = self.inbox.send(waiting) {
+        if let Err(refused) = room.inbox_tx.send(waiting) {
             error!("{}: the waiting room has stopped; closing", refused.into_inner().conn);
             return;
         }
@@ -119,15 +132,106 @@ impl Door {
         // at the inbox: either the room sees this connection before it sleeps, or this sees the mark (an
         // edge came while the connection was away) or when the room will wake.
         fence(SeqCst);
-        if urgent || self.bell.is_marked(fd) || deadline < self.bell.sleep_until.load(SeqCst) {
-            self.bell.ring();
+        if urgent || room.bell.is_marked(fd) || deadline < room.bell.sleep_until.load(SeqCst) {
+            room.bell.ring();
         }
     }
 
     /// Wakes the room to look at the stop.
     pub(crate) fn wake(&self) {
-        self.bell.ring();
+        self.room.bell.ring();
     }
+
+    /// A worker with nothing to do starts watching the room (see [`Watch`]).
+    pub(crate) fn watch(&self) -> Watch<'_> {
+        self.room.watchers.fetch_add(1, SeqCst);
+        Watch { room: &self.room, going_to_sleep: false }
+    }
+}
+
+/// A worker that is awake with nothing to do looks at the room itself, so that a conversation's next
+/// message reaches a worker with no thread woken in between: while one watches, the room's thread sleeps
+/// on its bell and timers alone. Dropped when the worker has a job, or (`going_to_sleep`) when it gives up
+/// and sleeps: the last watcher to sleep wakes the room's thread to watch the connections again.
+pub(crate) struct Watch<'a> {
+    room: &'a Room,
+    going_to_sleep: bool,
+}
+
+impl Watch<'_> {
+    /// Takes what the room has ready, if nobody else is in its books: every message that arrived goes
+    /// to the queue (where this worker finds it next), and writing or draining that can go on does. One
+    /// system call, and none while the room is empty.
+    pub(crate) fn look(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
+        // Without touching the books while the room is empty: one-shot connections never come here.
+        if self.room.gauges.waiting.load(Relaxed) == 0 && self.room.inbox.is_empty() {
+            return;
+        }
+        let service = current.get();
+        if let Some(mut round) = self.room.try_round(&service) {
+            round.take_inbox();
+            // A failing epoll fails the room's own thread too, which reports it and closes the room.
+            let _ = round.poll(events, Some(Duration::ZERO));
+        }
+    }
+
+    pub(crate) fn before_sleep(mut self) {
+        self.going_to_sleep = true;
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if self.room.watchers.fetch_sub(1, SeqCst) == 1 && self.going_to_sleep {
+            self.room.bell.ring();
+        }
+    }
+}
+
+/// What the room's thread and the workers share.
+struct Room {
+    /// Every waiting descriptor, and the bell.
+    epoll: Epoll,
+    /// The bell alone: where the room's thread sleeps while workers watch the connections.
+    quiet: Epoll,
+    bell: Bell,
+    inbox_tx: Sender<Waiting>,
+    inbox: Receiver<Waiting>,
+    /// The books: whoever holds them does the room's work.
+    hall: Mutex<Hall>,
+    /// Workers watching the room now.
+    watchers: AtomicUsize,
+    /// The room's thread has ended.
+    closed: AtomicBool,
+    open: Arc<OpenCount>,
+    gauges: Arc<Gauges>,
+}
+
+impl Room {
+    /// The books, unless someone else has them (nobody waits for them but the room's own thread).
+    fn try_round<'a>(&'a self, service: &'a Service) -> Option<Round<'a>> {
+        let hall = self.hall.try_lock()?;
+        Some(Round { room: self, hall, service })
+    }
+
+    fn round<'a>(&'a self, service: &'a Service) -> Round<'a> {
+        Round { room: self, hall: self.hall.lock(), service }
+    }
+}
+
+/// The room's books.
+struct Hall {
+    /// Where messages go for a worker; let go of when the room's thread ends, so the workers end too.
+    queue: Option<Sender<Conn>>,
+    /// How many connections wait here now.
+    count: usize,
+    /// Indexed by descriptor: dense and small, so no hashing.
+    slots: Vec<Slot>,
+    /// Deadlines, earliest first, at most one live entry per connection: a connection that comes back with a
+    /// later deadline keeps its earlier entry, which re-queues itself when it fires (so a conversation that
+    /// waits a thousand times does not leave a thousand entries behind).
+    timers: BinaryHeap<Reverse<(Instant, u64, RawFd)>>,
+    buf: Vec<u8>,
 }
 
 /// One descriptor's place in the room.
@@ -154,25 +258,10 @@ impl Slot {
     }
 }
 
+/// The room's own thread: it keeps the deadlines, and watches the connections whenever no worker does.
 pub(crate) struct WaitingRoom {
-    epoll: Arc<Epoll>,
-    bell: Arc<Bell>,
-    inbox: Receiver<Waiting>,
-    queue: Sender<Conn>,
+    room: Arc<Room>,
     current: Arc<Current>,
-    /// The service in force, taken anew every round (a reload applies from the next round).
-    service: Arc<Service>,
-    open: Arc<OpenCount>,
-    gauges: Arc<Gauges>,
-    /// How many connections wait here now.
-    count: usize,
-    /// Indexed by descriptor: dense and small, so no hashing.
-    slots: Vec<Slot>,
-    /// Deadlines, earliest first, at most one live entry per connection: a connection that comes back with a
-    /// later deadline keeps its earlier entry, which re-queues itself when it fires (so a conversation that
-    /// waits a thousand times does not leave a thousand entries behind).
-    timers: BinaryHeap<Reverse<(Instant, u64, RawFd)>>,
-    buf: Vec<u8>,
 }
 
 impl WaitingRoom {
@@ -184,99 +273,161 @@ impl WaitingRoom {
         gauges: Arc<Gauges>,
     ) -> Result<(WaitingRoom, Door), Error> {
         let failed = |what| move |source| Error::Io { what, source };
-        let epoll = Arc::new(Epoll::new().map_err(failed("create the waiting room's epoll"))?);
-        let waker = Waker::new(&epoll, WAKE).map_err(failed("create the waiting room's waker"))?;
+        let epoll = Epoll::new().map_err(failed("create the waiting room's epoll"))?;
+        let quiet = Epoll::new().map_err(failed("create the waiting room's epoll"))?;
+        let waker = Waker::new(&[&epoll, &quiet], WAKE).map_err(failed("create the waiting room's waker"))?;
         let words = sys::descriptor_limit().div_ceil(64);
         let marked = (0..words).map(|_| AtomicU64::new(0)).collect();
-        let bell = Arc::new(Bell { waker, sleep_until: AtomicU64::new(AWAKE), base: Instant::now(), marked });
+        let bell = Bell { waker, sleep_until: AtomicU64::new(AWAKE), base: Instant::now(), marked };
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
-        let door = Door { inbox: inbox_tx, bell: Arc::clone(&bell) };
-        let room = WaitingRoom {
-            epoll,
-            bell,
-            inbox,
-            queue,
-            service: current.get_full(),
-            current,
-            open,
-            gauges,
+        let hall = Hall {
+            queue: Some(queue),
             count: 0,
             slots: Vec::new(),
             timers: BinaryHeap::new(),
             buf: vec![0; 64 * 1024],
         };
-        Ok((room, door))
+        let room = Arc::new(Room {
+            epoll,
+            quiet,
+            bell,
+            inbox_tx,
+            inbox,
+            hall: Mutex::new(hall),
+            watchers: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            open,
+            gauges,
+        });
+        Ok((WaitingRoom { room: Arc::clone(&room), current }, Door { room }))
     }
 
     /// Runs until the server is stopping and no connection is open anywhere in the pool.
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(self) {
+        let room = &*self.room;
+        let _closing = Closing(room);
         let mut events = Vec::with_capacity(256);
         let mut swept = false;
         loop {
-            self.service = self.current.get_full();
-            self.take_inbox();
-            self.expire();
-            let stopping = self.service.is_stopping();
+            let service = self.current.get_full();
+            let mut round = room.round(&service);
+            round.take_inbox();
+            round.expire();
+            let stopping = service.is_stopping();
             if stopping && !swept {
-                self.end_idle_conversations();
+                round.end_idle_conversations();
                 swept = true;
             }
-            if stopping && self.open.get() == 0 {
+            if stopping && room.open.get() == 0 {
                 return;
             }
-            self.gauges.waiting.store(self.count, Relaxed);
-            let next_deadline = self.timers.peek().map(|Reverse((at, ..))| *at);
-            let wake_at = if stopping {
-                Some(
-                    next_deadline
-                        .map_or(Instant::now() + DRAIN_TICK, |at| at.min(Instant::now() + DRAIN_TICK)),
-                )
-            } else {
-                next_deadline
+            let next_deadline = round.hall.timers.peek().map(|Reverse((at, ..))| *at);
+            drop(round);
+            // While workers watch, the connections are theirs to look at; this thread keeps the time, and
+            // looks again every tick in case every watcher went to serve something long.
+            let watched = !stopping && room.watchers.load(SeqCst) > 0;
+            let tick = if stopping { Some(DRAIN_TICK) } else { watched.then_some(WATCH_TICK) };
+            let wake_at = match (next_deadline, tick.map(|tick| Instant::now() + tick)) {
+                (Some(at), Some(tick)) => Some(at.min(tick)),
+                (at, tick) => at.or(tick),
             };
             // Announce when we wake by ourselves, then look at the inbox one last time: a connection handed
             // in from now on sees the announcement (see `Door::admit`).
-            self.bell.sleep_until.store(wake_at.map_or(FOREVER, |at| self.bell.nanos(at)), SeqCst);
+            room.bell.sleep_until.store(wake_at.map_or(FOREVER, |at| room.bell.nanos(at)), SeqCst);
             fence(SeqCst);
-            if !self.inbox.is_empty() {
-                self.bell.sleep_until.store(AWAKE, SeqCst);
+            if !room.inbox.is_empty() {
+                room.bell.sleep_until.store(AWAKE, SeqCst);
                 continue;
             }
             let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
-            let waited = self.epoll.wait(&mut events, timeout);
-            self.bell.sleep_until.store(AWAKE, SeqCst);
-            match waited {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
-                Err(e) => {
-                    error!("waiting room: epoll failed: {e}; closing every waiting connection");
-                    self.slots.clear();
-                    return;
-                }
-            }
-            // What was handed in before its event fired is in the inbox: take it first.
-            self.take_inbox();
-            for readiness in events.iter().map(epoll::readiness) {
-                if readiness.token == WAKE {
-                    self.bell.waker.reset();
-                } else {
-                    self.edge(readiness);
-                }
+            let mut round = room.round(&service);
+            let waited =
+                if watched { round.sleep(&mut events, timeout) } else { round.poll(&mut events, timeout) };
+            room.bell.sleep_until.store(AWAKE, SeqCst);
+            if let Err(e) = waited {
+                error!("waiting room: epoll failed: {e}; closing every waiting connection");
+                round.hall.slots.clear();
+                return;
             }
         }
     }
+}
 
-    /// Takes in the connections handed over by the accept loop and the workers.
+/// Closes the door when the room's thread ends, however it ends: connections handed in later are closed,
+/// and the queue's sender goes, so the workers end once it is empty.
+struct Closing<'a>(&'a Room);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, SeqCst);
+        self.0.hall.lock().queue = None;
+    }
+}
+
+/// One turn at the room's work, by whoever holds its books: the room's thread or a watching worker.
+struct Round<'a> {
+    room: &'a Room,
+    hall: MutexGuard<'a, Hall>,
+    service: &'a Service,
+}
+
+impl Drop for Round<'_> {
+    /// Publishes how many wait (for the gauge, and for watchers to tell an empty room without the books).
+    fn drop(&mut self) {
+        let waiting = &self.room.gauges.waiting;
+        if waiting.load(Relaxed) != self.hall.count {
+            waiting.store(self.hall.count, Relaxed);
+        }
+    }
+}
+
+impl Round<'_> {
+    /// Waits on the connections for up to `timeout` (without the books, so that others may hold them
+    /// meanwhile) and handles what fired.
+    fn poll(&mut self, events: &mut Vec<libc::epoll_event>, timeout: Option<Duration>) -> io::Result<()> {
+        let waited = if timeout == Some(Duration::ZERO) {
+            self.room.epoll.wait(events, timeout)
+        } else {
+            MutexGuard::unlocked(&mut self.hall, || self.room.epoll.wait(events, timeout))
+        };
+        self.handle(events, waited)
+    }
+
+    /// The room's thread while workers watch the connections: waits on the bell alone.
+    fn sleep(&mut self, events: &mut Vec<libc::epoll_event>, timeout: Option<Duration>) -> io::Result<()> {
+        let waited = MutexGuard::unlocked(&mut self.hall, || self.room.quiet.wait(events, timeout));
+        self.handle(events, waited)
+    }
+
+    fn handle(&mut self, events: &[libc::epoll_event], waited: io::Result<()>) -> io::Result<()> {
+        match waited {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // What was handed in before its event fired is in the inbox: take it first.
+        self.take_inbox();
+        for readiness in events.iter().map(epoll::readiness) {
+            if readiness.token == WAKE {
+                self.room.bell.waker.reset();
+            } else {
+                self.edge(readiness);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in the connections handed over through the inbox.
     fn take_inbox(&mut self) {
-        while let Ok(waiting) = self.inbox.try_recv() {
+        while let Ok(waiting) = self.room.inbox.try_recv() {
             self.hold(waiting);
         }
     }
 
     /// Takes the connection waiting on `fd`, if one is.
     fn take(&mut self, fd: RawFd) -> Option<Waiting> {
-        let waiting = self.slots.get_mut(fd as usize)?.waiting.take()?;
-        self.count -= 1;
+        let waiting = self.hall.slots.get_mut(fd as usize)?.waiting.take()?;
+        self.hall.count -= 1;
         Some(waiting)
     }
 
@@ -284,20 +435,25 @@ impl WaitingRoom {
     /// otherwise the edge is kept for it.
     fn edge(&mut self, readiness: Readiness) {
         let fd = readiness.token as RawFd;
-        let Some(slot) = self.slots.get_mut(fd as usize) else { return };
+        let Some(slot) = self.hall.slots.get_mut(fd as usize) else { return };
         slot.readable |= readiness.readable;
         slot.writable |= readiness.writable;
         let Some(interest) = slot.waiting.as_ref().map(|waiting| waiting.interest) else {
             // Away: whoever hands it back must ring, for no new edge may come.
-            self.bell.mark(fd, true);
+            self.room.bell.mark(fd, true);
             return;
         };
         if slot.take_edge(interest)
             && let Some(waiting) = self.take(fd)
         {
-            let ready = conn::ready(waiting.conn, &self.service, &mut self.buf);
-            self.route(ready);
+            self.go_on(waiting.conn);
         }
+    }
+
+    /// The connection is ready for what it waited for.
+    fn go_on(&mut self, conn: Conn) {
+        let ready = conn::ready(conn, self.service, &mut self.hall.buf);
+        self.route(ready);
     }
 
     /// Sends a connection where it goes next: a message to the queue, or the busy reply when the queue is
@@ -305,11 +461,14 @@ impl WaitingRoom {
     fn route(&mut self, ready: Ready) {
         match ready {
             Ready::Serve(conn) => {
-                let full = self.queue.len() >= self.service.queue_limit;
-                let refused =
-                    if full { Err(conn) } else { self.queue.send(conn).map_err(|e| e.into_inner()) };
+                let refused = match &self.hall.queue {
+                    Some(queue) if queue.len() < self.service.queue_limit => {
+                        queue.send(conn).map_err(|e| e.into_inner())
+                    }
+                    _ => Err(conn),
+                };
                 if let Err(conn) = refused {
-                    let step = conn::turn_away(conn, &self.service);
+                    let step = conn::turn_away(conn, self.service);
                     self.settle(step);
                 }
             }
@@ -319,36 +478,32 @@ impl WaitingRoom {
 
     fn settle(&mut self, step: Step) {
         match step {
-            Step::Wait(waiting) => self.admit(waiting),
+            Step::Wait(waiting) => self.hold(waiting),
             Step::Done => {}
         }
-    }
-
-    /// Takes in a connection the room itself sends back to waiting (after writing, or a busy reply).
-    fn admit(&mut self, waiting: Waiting) {
-        self.hold(waiting);
     }
 
     /// Keeps a connection until the edge it waits for, or its deadline. Registers its descriptor the first
     /// time; goes on at once when the edge fired while it was away, or its input is known to be here.
     fn hold(&mut self, mut waiting: Waiting) {
         if self.service.is_stopping() && waiting.conn.is_idle() {
-            let ready = conn::stop_idle(waiting.conn, &self.service);
+            let ready = conn::stop_idle(waiting.conn, self.service);
             return self.route(ready);
         }
         let fd = waiting.conn.stream().as_raw_fd();
         let (id, deadline) = (waiting.conn.id(), waiting.deadline);
         let index = fd as usize;
-        if self.slots.len() <= index {
-            self.slots.resize_with(index + 1, Slot::default);
+        let hall = &mut *self.hall;
+        if hall.slots.len() <= index {
+            hall.slots.resize_with(index + 1, Slot::default);
         }
-        let slot = &mut self.slots[index];
-        self.bell.mark(fd, false);
+        let slot = &mut hall.slots[index];
+        self.room.bell.mark(fd, false);
         if slot.registered != Some(id) {
             // A new connection on this descriptor: the edges kept were the last one's.
             slot.readable = false;
             slot.writable = false;
-            if let Err(e) = self.epoll.register(fd, fd as u64) {
+            if let Err(e) = self.room.epoll.register(fd, fd as u64) {
                 error!("{}: cannot wait for the client: {e}; closing", waiting.conn);
                 return;
             }
@@ -356,27 +511,27 @@ impl WaitingRoom {
             waiting.conn.mark_registered();
         }
         if slot.take_edge(waiting.interest) || waiting.input_pending {
-            let ready = conn::ready(waiting.conn, &self.service, &mut self.buf);
-            return self.route(ready);
+            return self.go_on(waiting.conn);
         }
         if slot.waiting.replace(waiting).is_none() {
-            self.count += 1;
+            hall.count += 1;
         }
         if !matches!(slot.timer, Some((timer_id, at)) if timer_id == id && at <= deadline) {
             slot.timer = Some((id, deadline));
-            self.timers.push(Reverse((deadline, id, fd)));
+            hall.timers.push(Reverse((deadline, id, fd)));
         }
     }
 
     /// Closes every connection whose deadline has passed.
     fn expire(&mut self) {
         let now = Instant::now();
-        while let Some(&Reverse((at, id, fd))) = self.timers.peek() {
+        while let Some(&Reverse((at, id, fd))) = self.hall.timers.peek() {
             if at > now {
                 break;
             }
-            self.timers.pop();
-            let slot = &mut self.slots[fd as usize];
+            let hall = &mut *self.hall;
+            hall.timers.pop();
+            let slot = &mut hall.slots[fd as usize];
             if slot.timer != Some((id, at)) {
                 continue; // replaced by an earlier deadline, or its connection is gone
             }
@@ -384,13 +539,13 @@ impl WaitingRoom {
             match &slot.waiting {
                 Some(waiting) if waiting.conn.id() == id && waiting.deadline <= now => {
                     if let Some(waiting) = self.take(fd) {
-                        conn::expired(waiting.conn, &self.service);
+                        conn::expired(waiting.conn, self.service);
                     }
                 }
                 // It came back with a later deadline: keep one entry, for that.
                 Some(waiting) if waiting.conn.id() == id => {
                     slot.timer = Some((id, waiting.deadline));
-                    self.timers.push(Reverse((waiting.deadline, id, fd)));
+                    hall.timers.push(Reverse((waiting.deadline, id, fd)));
                 }
                 // Away on a worker, or another connection now: it will bring its own deadline.
                 _ => {}
@@ -402,14 +557,15 @@ impl WaitingRoom {
     /// message is already here).
     fn end_idle_conversations(&mut self) {
         let idle: Vec<Waiting> = self
+            .hall
             .slots
             .iter_mut()
             .filter(|slot| slot.waiting.as_ref().is_some_and(|w| w.conn.is_idle()))
             .filter_map(|slot| slot.waiting.take())
             .collect();
-        self.count -= idle.len();
+        self.hall.count -= idle.len();
         for waiting in idle {
-            let ready = conn::stop_idle(waiting.conn, &self.service);
+            let ready = conn::stop_idle(waiting.conn, self.service);
             self.route(ready);
         }
     }
