@@ -130,7 +130,10 @@ impl Pool {
             conn
         };
         match conn::waiting_for_message(conn, service) {
-            Step::Wait(waiting) => self.door.admit(waiting, service),
+            Step::Wait(waiting) => {
+                self.door.admit(waiting, service);
+                self.door.nudge();
+            }
             Step::Done => {}
         }
     }
@@ -230,6 +233,7 @@ fn work(jobs: &Receiver<Conn>, door: &Door, current: &Current, gauges: &Gauges, 
         gauges.busy_workers.fetch_add(1, Relaxed);
         let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, &service, &mut buf)));
         gauges.busy_workers.fetch_sub(1, Relaxed);
+        door.served();
         match served {
             Ok(Step::Wait(waiting)) => door.admit(waiting, &service),
             Ok(Step::Done) => {}

@@ -137,6 +137,21 @@ impl Door {
         }
     }
 
+    /// A worker finished a job: it will be watching again when the queue runs dry.
+    pub(crate) fn served(&self) {
+        self.room.mark_active();
+    }
+
+    /// After the accept loop admitted a connection: wakes the room's thread if it rests while no worker
+    /// watches, for nobody else would see the connection's first message.
+    pub(crate) fn nudge(&self) {
+        let room = &*self.room;
+        fence(SeqCst);
+        if room.resting.load(SeqCst) && room.watchers.load(SeqCst) == 0 {
+            room.bell.ring();
+        }
+    }
+
     /// Wakes the room to look at the stop.
     pub(crate) fn wake(&self) {
         self.room.bell.ring();
@@ -164,9 +179,10 @@ impl Watch<'_> {
     /// system call, and none while the room is empty.
     pub(crate) fn look(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
         // Without touching the books while the room is empty: one-shot connections never come here.
-        if self.room.gauges.waiting.load(Relaxed) == 0 && self.room.inbox.is_empty() {
+        if self.room.is_empty() {
             return;
         }
+        self.room.mark_active();
         let service = current.get();
         if let Some(mut round) = self.room.try_round(&service) {
             round.take_inbox();
@@ -182,8 +198,12 @@ impl Watch<'_> {
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
-        if self.room.watchers.fetch_sub(1, SeqCst) == 1 && self.going_to_sleep {
-            self.room.bell.ring();
+        let room = self.room;
+        let last = room.watchers.fetch_sub(1, SeqCst) == 1;
+        // Nobody watches now: the room's thread is to watch at once, not after its tick, if anyone waits.
+        if last && self.going_to_sleep && room.resting.load(SeqCst) && !room.is_empty() {
+            room.active.store(false, SeqCst);
+            room.bell.ring();
         }
     }
 }
@@ -201,6 +221,11 @@ struct Room {
     hall: Mutex<Hall>,
     /// Workers watching the room now.
     watchers: AtomicUsize,
+    /// A worker finished a job or looked at the connections since the room's thread last asked: the
+    /// workers are about, and will look again as soon as they run out of jobs.
+    active: AtomicBool,
+    /// The room's thread sleeps on its bell alone, leaving the connections to the workers.
+    resting: AtomicBool,
     /// The room's thread has ended.
     closed: AtomicBool,
     open: Arc<OpenCount>,
@@ -208,14 +233,26 @@ struct Room {
 }
 
 impl Room {
+    /// Nobody waits here, as far as the last holder of the books told (or in the inbox).
+    fn is_empty(&self) -> bool {
+        self.gauges.waiting.load(Relaxed) == 0 && self.inbox.is_empty()
+    }
+
+    /// Written only when it changes, so that the busy path costs a read of a shared line, not a write.
+    fn mark_active(&self) {
+        if !self.active.load(Relaxed) {
+            self.active.store(true, Relaxed);
+        }
+    }
+
     /// The books, unless someone else has them (nobody waits for them but the room's own thread).
     fn try_round<'a>(&'a self, service: &'a Service) -> Option<Round<'a>> {
         let hall = self.hall.try_lock()?;
-        Some(Round { room: self, hall, service })
+        Some(Round { room: self, hall, service, keeper: false })
     }
 
     fn round<'a>(&'a self, service: &'a Service) -> Round<'a> {
-        Round { room: self, hall: self.hall.lock(), service }
+        Round { room: self, hall: self.hall.lock(), service, keeper: true }
     }
 }
 
@@ -295,6 +332,8 @@ impl WaitingRoom {
             inbox,
             hall: Mutex::new(hall),
             watchers: AtomicUsize::new(0),
+            active: AtomicBool::new(false),
+            resting: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             open,
             gauges,
@@ -322,17 +361,26 @@ impl WaitingRoom {
                 return;
             }
             let next_deadline = round.hall.timers.peek().map(|Reverse((at, ..))| *at);
-            drop(round);
-            // While workers watch, the connections are theirs to look at; this thread keeps the time, and
-            // looks again every tick in case every watcher went to serve something long.
-            let watched = !stopping && room.watchers.load(SeqCst) > 0;
-            let tick = if stopping { Some(DRAIN_TICK) } else { watched.then_some(WATCH_TICK) };
+            // While workers are about (watching, or serving and soon watching again), the connections are
+            // theirs to look at, and this thread rests: it keeps the time, and takes the watch back when
+            // a tick went by with no worker about (each is serving something long) or the last watcher
+            // went to sleep. Resting is announced before the workers are counted, as they count
+            // themselves out before they look whether it rests (see `Watch`'s drop, `Door::nudge`).
+            room.resting.store(true, SeqCst);
+            let rest = !stopping
+                && (room.watchers.load(SeqCst) > 0
+                    || (room.gauges.busy_workers.load(SeqCst) > 0 && room.active.swap(false, SeqCst)));
+            if !rest {
+                room.resting.store(false, SeqCst);
+            }
+            let tick = if stopping { Some(DRAIN_TICK) } else { rest.then_some(WATCH_TICK) };
             let wake_at = match (next_deadline, tick.map(|tick| Instant::now() + tick)) {
                 (Some(at), Some(tick)) => Some(at.min(tick)),
                 (at, tick) => at.or(tick),
             };
-            // Announce when we wake by ourselves, then look at the inbox one last time: a connection handed
-            // in from now on sees the announcement (see `Door::admit`).
+            // Announce when we wake by ourselves, still holding the books (whoever holds them next and
+            // sets an earlier deadline rings; see `Round::hold`), then look at the inbox one last time: a
+            // connection handed in from now on sees the announcement (see `Door::admit`).
             room.bell.sleep_until.store(wake_at.map_or(FOREVER, |at| room.bell.nanos(at)), SeqCst);
             fence(SeqCst);
             if !room.inbox.is_empty() {
@@ -340,10 +388,10 @@ impl WaitingRoom {
                 continue;
             }
             let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
-            let mut round = room.round(&service);
             let waited =
-                if watched { round.sleep(&mut events, timeout) } else { round.poll(&mut events, timeout) };
+                if rest { round.sleep(&mut events, timeout) } else { round.poll(&mut events, timeout) };
             room.bell.sleep_until.store(AWAKE, SeqCst);
+            room.resting.store(false, SeqCst);
             if let Err(e) = waited {
                 error!("waiting room: epoll failed: {e}; closing every waiting connection");
                 round.hall.slots.clear();
@@ -369,6 +417,9 @@ struct Round<'a> {
     room: &'a Room,
     hall: MutexGuard<'a, Hall>,
     service: &'a Service,
+    /// Taken by the room's own thread, the only one that answers the bell: a watcher leaves it ringing,
+    /// or a wake meant for the room's thread (a new deadline, the stop) could be lost.
+    keeper: bool,
 }
 
 impl Drop for Round<'_> {
@@ -409,7 +460,9 @@ impl Round<'_> {
         self.take_inbox();
         for readiness in events.iter().map(epoll::readiness) {
             if readiness.token == WAKE {
-                self.room.bell.waker.reset();
+                if self.keeper {
+                    self.room.bell.waker.reset();
+                }
             } else {
                 self.edge(readiness);
             }
@@ -519,6 +572,11 @@ impl Round<'_> {
         if !matches!(slot.timer, Some((timer_id, at)) if timer_id == id && at <= deadline) {
             slot.timer = Some((id, deadline));
             hall.timers.push(Reverse((deadline, id, fd)));
+            // Held by a worker while the room's thread sleeps: it must wake in time for this deadline.
+            let bell = &self.room.bell;
+            if bell.nanos(deadline) < bell.sleep_until.load(SeqCst) {
+                bell.ring();
+            }
         }
     }
 
