@@ -7,7 +7,8 @@
 //!
 //! - a connection that is waiting on its client (for its first or next message, for room to write the rest
 //!   of a reply, for its leftover input to drain) never occupies a worker: it waits in the *waiting room*,
-//!   one epoll thread, until its client is ready or its deadline passes;
+//!   one epoll watched by idle workers and by a thread of its own, until its client is ready or its
+//!   deadline passes;
 //! - a message that finds every worker busy and the queue full gets `busy_reply` at once instead of hanging.
 //!
 //! With `keep_alive` a connection is a conversation: every message gets a reply until the client hangs up,

@@ -2,16 +2,22 @@
 //!
 //! A fixed pool freezes when its workers block on clients (the Rust Book's pool does, with four idle
 //! clients). Here nothing waits on a worker: a connection whose first or next message has not arrived, whose
-//! reply did not fit the socket buffer, or whose leftover input must drain before the close, comes to this
-//! one epoll thread. When its client is ready, a message goes back to the queue for a worker (or gets the
-//! busy reply when the queue is full), and writing or draining goes on here; when its deadline passes, it is
-//! closed. A connection is a value that moves, so it is in exactly one place: here, queued, or on a worker.
+//! reply did not fit the socket buffer, or whose leftover input must drain before the close, waits in this
+//! room's one epoll. When its client is ready, a message goes to the queue for a worker (or gets the busy
+//! reply when the queue is full), and writing or draining goes on in the room; when its deadline passes, it
+//! is closed. A connection is a value that moves, so it is in exactly one place: here, queued, or on a worker.
 //!
-//! Each descriptor is registered once, edge-triggered (see `epoll`), so waiting again costs the worker no
-//! system call: it puts the connection in the inbox and rings only when the room would not wake in time by
-//! itself. An edge that fires while the connection is away (the client's next message arrived while the
-//! worker was still writing the reply) is kept in the descriptor's slot and honoured when the connection
-//! comes back; input a worker knows it left unread (a read that filled the buffer) comes flagged.
+//! Who looks at the epoll: a worker with nothing to do watches the room while it stays awake (`Watch`),
+//! so under load a conversation's next message reaches an awake worker and no thread is woken to carry
+//! it. The room's own thread keeps the deadlines, and watches the connections only while no worker is
+//! about (all asleep, or all busy for a whole tick); the rest of the time it rests on its bell. Its books
+//! (slots, timers) are behind a lock that nobody waits for but that thread: a worker that finds them taken
+//! goes on, and hands connections back through the inbox instead.
+//!
+//! Each descriptor is registered once, edge-triggered (see `epoll`), so waiting again costs no system call.
+//! An edge that fires while the connection is away (the client's next message arrived while the worker was
+//! still writing the reply) is kept in the descriptor's slot and honoured when the connection comes back;
+//! input a worker knows it left unread (a read that filled the buffer) comes flagged.
 
 use std::{
     cmp::Reverse,

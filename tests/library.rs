@@ -4,7 +4,7 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     thread,
     time::Duration,
@@ -179,8 +179,9 @@ fn shutdown_can_be_requested_from_any_thread_any_number_of_times() {
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
 }
 
-/// Replies "ok", except that the message "hold" keeps its worker until the test lets go: it says so on
-/// `entered`, then waits on `release` (bounded).
+/// Replies "ok", except that the message "hold" keeps its worker until the test lets go (it says so on
+/// `entered`, then waits on `release`, bounded), and the message "big" gets `BIG` bytes, more than a
+/// loopback socket takes at once.
 struct Gate {
     entered: Sender<()>,
     release: Receiver<()>,
@@ -190,13 +191,19 @@ impl Handler for Gate {
     type State = ();
 
     fn reply<'a>(&'a self, message: &Message<'a>, _: &mut ()) -> Reply<'a> {
-        if message.bytes() == b"hold" {
-            let _ = self.entered.send(());
-            let _ = self.release.recv_timeout(WAIT);
+        match message.bytes() {
+            b"hold" => {
+                let _ = self.entered.send(());
+                let _ = self.release.recv_timeout(WAIT);
+            }
+            b"big" => return Reply::from(vec![b'x'; BIG]),
+            _ => {}
         }
         Reply::from("ok")
     }
 }
+
+const BIG: usize = 32 << 20;
 
 fn gated(workers: usize, queue: usize) -> (Running, Receiver<()>, Sender<()>) {
     let (entered, entered_rx) = crossbeam_channel::unbounded();
@@ -241,6 +248,33 @@ fn a_message_that_finds_every_worker_busy_and_the_queue_full_gets_the_busy_reply
     drop((holding, queued));
     let summary = running.stop();
     assert_eq!((summary.busy, summary.messages), (1, 3));
+}
+
+#[test]
+fn a_reply_too_big_for_the_socket_is_finished_while_every_worker_is_busy() {
+    // Idle workers watch the waiting room; with the only one held by a handler, the room's own thread
+    // must take the watch back and write the rest of the reply as the client reads it.
+    let (running, entered, release) = gated(1, 8);
+    let mut reading = connect(running.addr);
+    reading.write_all(b"big").unwrap();
+    let mut holding = connect(running.addr);
+    holding.write_all(b"hold").unwrap();
+    entered.recv_timeout(WAIT).expect("the only worker is held, after writing what fit of the big reply");
+    reading.set_read_timeout(Some(WAIT)).unwrap();
+    let reply = read_exactly(&mut reading, BIG);
+    assert!(reply.iter().all(|&b| b == b'x'));
+    // The held message is still unanswered: the reply was finished without a worker.
+    holding.set_nonblocking(true).unwrap();
+    let mut byte = [0; 1];
+    let unanswered = holding.read(&mut byte).map_err(|e| e.kind());
+    assert_eq!(unanswered, Err(ErrorKind::WouldBlock), "the held message was answered first");
+    holding.set_nonblocking(false).unwrap();
+
+    release.send(()).unwrap();
+    assert_eq!(read_exactly(&mut holding, 2), b"ok");
+    drop((reading, holding));
+    let summary = running.stop();
+    assert_eq!(summary.messages, 2);
 }
 
 #[test]
