@@ -118,12 +118,12 @@ impl Door {
     /// closes as it drops.
     pub(crate) fn admit(&self, waiting: Waiting, service: &Service) {
         let room = &*self.room;
-        if let Some(mut round) = room.try_round(service) {
-            return round.hold(waiting);
-        }
         if room.closed.load(SeqCst) {
             error!("{}: the waiting room has stopped; closing", waiting.conn);
             return;
+        }
+        if let Some(mut round) = room.try_round(service) {
+            return round.hold(waiting);
         }
         // Rung when no event may come without the room (it must register the descriptor first, or the
         // input is here already), or when the room would sleep past this connection's deadline.
@@ -171,8 +171,8 @@ impl Door {
 }
 
 /// A worker that is awake with nothing to do looks at the room itself, so that a conversation's next
-/// message reaches a worker with no thread woken in between: while one watches, the room's thread sleeps
-/// on its bell and timers alone. Dropped when the worker has a job, or (`going_to_sleep`) when it gives up
+/// message reaches a worker with no thread woken in between: while workers are about, the room's thread
+/// rests on its bell and timers. Dropped when the worker has a job, or (`going_to_sleep`) when it gives up
 /// and sleeps: the last watcher to sleep wakes the room's thread to watch the connections again.
 pub(crate) struct Watch<'a> {
     room: &'a Room,
