@@ -52,9 +52,15 @@ use crate::{
 const WAKE: u64 = u64::MAX;
 /// While stopping, how often the room looks whether every connection has closed.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
-/// While workers watch the connections, how often the room's thread looks at them too: the longest a
-/// client waits to be seen when every watcher has gone to serve something long.
+/// While workers watch the connections, how often the room's thread looks whether they still do: the
+/// longest a client waits to be seen when every worker has gone to serve something long.
 const WATCH_TICK: Duration = Duration::from_millis(1);
+/// A worker that finishes a job looks at the connections itself when no worker did for this long.
+const LOOK_EVERY: Duration = Duration::from_micros(200);
+/// `Room::looked_at`'s step, in nanoseconds.
+const LOOK_GRAIN: u64 = 20_000;
+/// `Room::looked_at` before any look, or after the last watcher went to sleep.
+const NEVER: u64 = 0;
 /// `Bell::sleep_until` while the room is awake: nobody needs to ring.
 const AWAKE: u64 = 0;
 /// `Bell::sleep_until` while the room sleeps with no deadline.
@@ -143,9 +149,15 @@ impl Door {
         }
     }
 
-    /// A worker finished a job: it will be watching again when the queue runs dry.
-    pub(crate) fn served(&self) {
-        self.room.mark_active();
+    /// A worker finished a job: unless a worker looked at the room lately, it looks now, so that a room
+    /// full of conversations is not left unseen while a long queue keeps every worker from watching (their
+    /// messages must still reach the queue, or get the busy reply).
+    pub(crate) fn served(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
+        let room = &*self.room;
+        if room.is_empty() || room.looked_within(LOOK_EVERY) {
+            return;
+        }
+        room.look(current, events);
     }
 
     /// After the accept loop admitted a connection: wakes the room's thread if it rests while no worker
@@ -185,15 +197,8 @@ impl Watch<'_> {
     /// system call, and none while the room is empty.
     pub(crate) fn look(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
         // Without touching the books while the room is empty: one-shot connections never come here.
-        if self.room.is_empty() {
-            return;
-        }
-        self.room.mark_active();
-        let service = current.get();
-        if let Some(mut round) = self.room.try_round(&service) {
-            round.take_inbox();
-            // A failing epoll fails the room's own thread too, which reports it and closes the room.
-            let _ = round.poll(events, Some(Duration::ZERO));
+        if !self.room.is_empty() {
+            self.room.look(current, events);
         }
     }
 
@@ -208,7 +213,7 @@ impl Drop for Watch<'_> {
         let last = room.watchers.fetch_sub(1, SeqCst) == 1;
         // Nobody watches now: the room's thread is to watch at once, not after its tick, if anyone waits.
         if last && self.going_to_sleep && room.resting.load(SeqCst) && !room.is_empty() {
-            room.active.store(false, SeqCst);
+            room.looked_at.store(NEVER, SeqCst);
             room.bell.ring();
         }
     }
@@ -227,9 +232,9 @@ struct Room {
     hall: Mutex<Hall>,
     /// Workers watching the room now.
     watchers: AtomicUsize,
-    /// A worker finished a job or looked at the connections since the room's thread last asked: the
-    /// workers are about, and will look again as soon as they run out of jobs.
-    active: AtomicBool,
+    /// When a worker last looked at the connections (`Bell::nanos`, in steps of `LOOK_GRAIN`): while that is
+    /// recent, the workers are about, and the room's thread rests.
+    looked_at: AtomicU64,
     /// The room's thread sleeps on its bell alone, leaving the connections to the workers.
     resting: AtomicBool,
     /// The room's thread has ended.
@@ -244,11 +249,24 @@ impl Room {
         self.gauges.waiting.load(Relaxed) == 0 && self.inbox.is_empty()
     }
 
-    /// Written only when it changes, so that the busy path costs a read of a shared line, not a write.
-    fn mark_active(&self) {
-        if !self.active.load(Relaxed) {
-            self.active.store(true, Relaxed);
+    /// A worker's look at the connections, if nobody else has the books: what arrived goes to the queue.
+    fn look(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
+        let service = current.get();
+        let Some(mut round) = self.try_round(&service) else { return };
+        // Written once a grain, so that spinning watchers do not keep a shared line moving.
+        let now = self.bell.nanos(Instant::now());
+        if now.saturating_sub(self.looked_at.load(Relaxed)) >= LOOK_GRAIN {
+            self.looked_at.store(now, Relaxed);
         }
+        round.take_inbox();
+        // A failing epoll fails the room's own thread too, which reports it and closes the room.
+        let _ = round.poll(events, Some(Duration::ZERO));
+    }
+
+    /// Whether a worker looked at the connections less than `span` ago.
+    fn looked_within(&self, span: Duration) -> bool {
+        let now = self.bell.nanos(Instant::now());
+        now.saturating_sub(self.looked_at.load(Relaxed)) < span.as_nanos() as u64
     }
 
     /// The books, unless someone else has them (nobody waits for them but the room's own thread).
@@ -338,7 +356,7 @@ impl WaitingRoom {
             inbox,
             hall: Mutex::new(hall),
             watchers: AtomicUsize::new(0),
-            active: AtomicBool::new(false),
+            looked_at: AtomicU64::new(NEVER),
             resting: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             open,
@@ -373,9 +391,7 @@ impl WaitingRoom {
             // went to sleep. Resting is announced before the workers are counted, as they count
             // themselves out before they look whether it rests (see `Watch`'s drop, `Door::nudge`).
             room.resting.store(true, SeqCst);
-            let rest = !stopping
-                && (room.watchers.load(SeqCst) > 0
-                    || (room.gauges.busy_workers.load(SeqCst) > 0 && room.active.swap(false, SeqCst)));
+            let rest = !stopping && (room.watchers.load(SeqCst) > 0 || room.looked_within(WATCH_TICK));
             if !rest {
                 room.resting.store(false, SeqCst);
             }

@@ -6,8 +6,12 @@ mod support;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender};
@@ -275,6 +279,63 @@ fn a_reply_too_big_for_the_socket_is_finished_while_every_worker_is_busy() {
     drop((reading, holding));
     let summary = running.stop();
     assert_eq!(summary.messages, 2);
+}
+
+#[test]
+fn a_conversation_is_answered_while_a_stream_of_new_clients_keeps_every_worker_busy() {
+    // Four clients that reconnect for every slow message keep the one worker's queue from ever running
+    // dry, so the worker never idles to watch the waiting room: it must still look there between jobs.
+    let mut config = config(1);
+    config.keep_alive = true;
+    let server = Server::bind_with(config, |message: &Message<'_>| {
+        if message.bytes() == b"slow" {
+            thread::sleep(Duration::from_millis(5));
+        }
+        "ok"
+    });
+    let running = Running::start(server.unwrap());
+    let mut conversation = connect(running.addr);
+    conversation.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(ask(&mut conversation, b"hello"), "ok");
+    let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let addr = running.addr;
+    let stream: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served) = (Arc::clone(&stop), Arc::clone(&served));
+            thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    let mut client = connect(addr);
+                    client.set_read_timeout(Some(WAIT)).unwrap();
+                    if ask(&mut client, b"slow") == "ok" {
+                        served.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Under way: the worker has taken a few of the stream's messages.
+    let deadline = Instant::now() + WAIT;
+    while served.load(Relaxed) < 8 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Four slow messages at most are ahead of it: seconds would be starvation, not a queue.
+    conversation.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let answered = conversation.write_all(b"again").map(|()| {
+        let mut reply = [0; 2];
+        conversation.read_exact(&mut reply).map(|()| reply)
+    });
+    let during = served.load(Relaxed);
+    stop.store(true, Relaxed);
+    for client in stream {
+        client.join().unwrap();
+    }
+    assert!(
+        matches!(answered, Ok(Ok(reply)) if &reply == b"ok"),
+        "the conversation went unanswered: {answered:?}"
+    );
+    assert!(during >= 8, "the stream of new clients was served meanwhile ({during})");
+    drop(conversation);
+    running.stop();
 }
 
 #[test]
