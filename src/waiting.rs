@@ -385,10 +385,10 @@ impl WaitingRoom {
                 return;
             }
             let next_deadline = round.hall.timers.peek().map(|Reverse((at, ..))| *at);
-            // While workers are about (watching, or serving and soon watching again), the connections are
-            // theirs to look at, and this thread rests: it keeps the time, and takes the watch back when
-            // a tick went by with no worker about (each is serving something long) or the last watcher
-            // went to sleep. Resting is announced before the workers are counted, as they count
+            // While workers are about (watching, or looking between jobs), the connections are theirs to
+            // look at, and this thread rests: it keeps the time, and takes the watch back when a tick went
+            // by with no worker looking (each is serving something long) or the last watcher went to
+            // sleep. Resting is announced before the workers are counted, as they count
             // themselves out before they look whether it rests (see `Watch`'s drop, `Door::nudge`).
             room.resting.store(true, SeqCst);
             let rest = !stopping && (room.watchers.load(SeqCst) > 0 || room.looked_within(WATCH_TICK));
@@ -407,6 +407,7 @@ impl WaitingRoom {
             fence(SeqCst);
             if !room.inbox.is_empty() {
                 room.bell.sleep_until.store(AWAKE, SeqCst);
+                room.resting.store(false, SeqCst);
                 continue;
             }
             let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
