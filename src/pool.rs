@@ -233,7 +233,7 @@ fn work(jobs: &Receiver<Conn>, door: &Door, current: &Current, gauges: &Gauges, 
         gauges.busy_workers.fetch_add(1, Relaxed);
         let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, &service, &mut buf)));
         gauges.busy_workers.fetch_sub(1, Relaxed);
-        door.served(current, &mut events);
+        door.served(&service, &mut events);
         match served {
             Ok(Step::Wait(waiting)) => door.admit(waiting, &service),
             Ok(Step::Done) => {}

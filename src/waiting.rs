@@ -152,12 +152,12 @@ impl Door {
     /// A worker finished a job: unless a worker looked at the room lately, it looks now, so that a room
     /// full of conversations is not left unseen while a long queue keeps every worker from watching (their
     /// messages must still reach the queue, or get the busy reply).
-    pub(crate) fn served(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
+    pub(crate) fn served(&self, service: &Service, events: &mut Vec<libc::epoll_event>) {
         let room = &*self.room;
         if room.is_empty() || room.looked_within(LOOK_EVERY) {
             return;
         }
-        room.look(current, events);
+        room.look(service, events);
     }
 
     /// After the accept loop admitted a connection: wakes the room's thread if it rests while no worker
@@ -198,7 +198,7 @@ impl Watch<'_> {
     pub(crate) fn look(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
         // Without touching the books while the room is empty: one-shot connections never come here.
         if !self.room.is_empty() {
-            self.room.look(current, events);
+            self.room.look(&current.get(), events);
         }
     }
 
@@ -250,16 +250,15 @@ impl Room {
     }
 
     /// A worker's look at the connections, if nobody else has the books: what arrived goes to the queue.
-    fn look(&self, current: &Current, events: &mut Vec<libc::epoll_event>) {
-        let service = current.get();
-        let Some(mut round) = self.try_round(&service) else { return };
+    fn look(&self, service: &Service, events: &mut Vec<libc::epoll_event>) {
+        let Some(mut round) = self.try_round(service) else { return };
         // Written once a grain, so that spinning watchers do not keep a shared line moving.
         let now = self.bell.nanos(Instant::now());
         if now.saturating_sub(self.looked_at.load(Relaxed)) >= LOOK_GRAIN {
             self.looked_at.store(now, Relaxed);
         }
-        round.take_inbox();
-        // A failing epoll fails the room's own thread too, which reports it and closes the room.
+        // `handle` takes the inbox with what fired. A failing epoll fails the room's own thread too, which
+        // reports it and closes the room.
         let _ = round.poll(events, Some(Duration::ZERO));
     }
 

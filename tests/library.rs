@@ -382,10 +382,10 @@ fn a_monitor_sees_busy_workers_queued_messages_and_waiting_connections() {
     queued.write_all(b"next").unwrap();
 
     // The queued message and the idle conversation show up as soon as the server has taken them in.
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT;
     let snapshot = loop {
         let snapshot = monitor.snapshot();
-        if snapshot.queued == 1 && snapshot.waiting == 1 || std::time::Instant::now() > deadline {
+        if snapshot.queued == 1 && snapshot.waiting == 1 || Instant::now() > deadline {
             break snapshot;
         }
         thread::sleep(Duration::from_millis(5));
