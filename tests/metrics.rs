@@ -62,7 +62,14 @@ fn the_metrics_page_has_every_metric_counts_what_happened_and_passes_promtool() 
     for _ in 0..3 {
         assert_eq!(exchange(server.addr, b"hello").unwrap(), support::REPLY.as_bytes());
     }
-    let body = metrics(metrics_addr);
+    // The client has its reply and EOF before the server has counted the connection closed: wait for the
+    // gauge (bounded), then check every metric on that one page.
+    let deadline = Instant::now() + WAIT;
+    let mut body = metrics(metrics_addr);
+    while sample(&body, "poolserver_open_connections") != 0.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+        body = metrics(metrics_addr);
+    }
     for (name, value) in [
         ("poolserver_accepted_connections_total", 3.0),
         ("poolserver_messages_total", 3.0),
