@@ -5,9 +5,21 @@
 //! [`Config::validate`], so a zero worker count or a zero-byte request buffer is an error at startup, not a
 //! server that turns everyone away.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use crate::error::Error;
+pub use crate::limits::MAX_CONNECTIONS_LIMIT;
+
+// Every default and every limit lives here, once: `Config::default()` and `Config::validate` use them, the
+// binary's `--help`, `--check` and man page print them, and `tests/defaults.rs` holds the sample config and
+// the docs to them.
+
+/// The tutorial's address: this machine only, port 8000.
+pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
 
 /// The tutorial's reply: "message received".
 pub const DEFAULT_REPLY: &str = "信息已收到";
@@ -24,17 +36,22 @@ pub const DEFAULT_QUEUE: usize = 1024;
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// How long a conversation may sit silent between messages before the server closes it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new client may take to send its first message.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long writing one whole reply may take.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stop waits for open connections.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request buffer allowed; every worker owns one of this size.
 pub const MAX_REQUEST_LIMIT: usize = 16 << 20;
 /// The most worker threads; far past what a machine runs well, short of what it cannot start.
 pub const MAX_WORKERS: usize = 1024;
-/// The most queue slots; the queue is allocated whole at startup.
+/// The most queue places. The queue is a channel without a bound of its own; its length is checked against
+/// `queue` at each send, so that a reload can change the limit.
 pub const MAX_QUEUE: usize = 1 << 16;
 /// The largest listen backlog the kernel's interface takes.
 pub const MAX_BACKLOG: u32 = i32::MAX as u32;
-/// The largest `max_connections` and `max_per_client`.
-pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 30;
 /// The longest timeout; beyond it a deadline stops meaning anything.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
@@ -58,19 +75,47 @@ impl fmt::Display for Mode {
 }
 
 /// Everything a server needs. Start from `Config::default()` and change what you need; new fields will
-/// come with defaults, so the struct is `#[non_exhaustive]`.
+/// come with defaults, so the struct is `#[non_exhaustive]`. [`Config::validate`] (which every
+/// `Server` constructor calls) names the first field that cannot work.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use poolserver::{Config, Error};
+///
+/// let mut config = Config::default();
+/// config.bind = "127.0.0.1:0".parse().unwrap();
+/// config.workers = 2;
+/// config.keep_alive = true;
+/// config.idle_timeout = Duration::from_secs(30);
+/// config.validate()?;
+///
+/// config.workers = 0;
+/// match config.validate() {
+///     Err(Error::Config { field, reason }) => {
+///         assert_eq!(field, "workers");
+///         assert_eq!(reason, "must be at least 1");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// Where `Server::bind` listens.
     pub bind: SocketAddr,
+    /// Worker threads: how many messages are answered at once.
     pub workers: usize,
     /// Connections with a message in hand that may wait for a free worker before clients get `busy_reply`.
     pub queue: usize,
+    /// The listen backlog: connections the kernel completes and holds before the server accepts them.
     pub backlog: u32,
     /// The built-in protocol `Server::bind` serves; a custom handler ignores it and `reply`.
     pub mode: Mode,
+    /// What `Mode::Ack` answers, sent as UTF-8 without a newline.
     pub reply: String,
+    /// What a client gets when every worker is busy and the queue is full, or past `max_per_client`.
     pub busy_reply: String,
     /// The most bytes one read takes: one message.
     pub max_request: usize,
@@ -100,7 +145,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            bind: DEFAULT_BIND,
             workers: num_cpus::get(),
             queue: DEFAULT_QUEUE,
             backlog: DEFAULT_BACKLOG,
@@ -108,9 +153,9 @@ impl Default for Config {
             reply: DEFAULT_REPLY.to_owned(),
             busy_reply: DEFAULT_BUSY_REPLY.to_owned(),
             max_request: DEFAULT_MAX_REQUEST,
-            read_timeout: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(10),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             keep_alive: false,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             reuse_port: false,
@@ -122,9 +167,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks every value; the error names the first field that cannot work and why.
+    /// Checks every value; the error ([`Error::Config`]) names the first field that cannot work and why.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |field: &str, why: String| Err(Error::Config(format!("{field}: {why}")));
+        let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
         if let Err(why) = check_count(self.workers, MAX_WORKERS) {
             return bad("workers", why);
         }
@@ -155,12 +200,15 @@ impl Config {
             }
         }
         if self.reply.is_empty() {
-            return bad("reply", "must not be empty: a client could not tell it from a close".to_owned());
+            return bad(
+                "reply",
+                "must not be empty: a client could not tell an empty reply from a close".to_owned(),
+            );
         }
         if self.busy_reply.is_empty() {
             return bad(
                 "busy_reply",
-                "must not be empty: a client could not tell it from a close".to_owned(),
+                "must not be empty: a client could not tell an empty reply from a close".to_owned(),
             );
         }
         Ok(())
@@ -168,7 +216,7 @@ impl Config {
 }
 
 /// A count from 1 to `max`.
-pub fn check_count(n: usize, max: usize) -> Result<usize, String> {
+fn check_count(n: usize, max: usize) -> Result<usize, String> {
     match n {
         0 => Err("must be at least 1".to_owned()),
         n if n > max => Err(format!("must be at most {max}")),
@@ -177,11 +225,11 @@ pub fn check_count(n: usize, max: usize) -> Result<usize, String> {
 }
 
 /// A duration longer than zero and at most `MAX_DURATION`.
-pub fn check_duration(d: Duration) -> Result<Duration, String> {
+fn check_duration(d: Duration) -> Result<Duration, String> {
     if d.is_zero() {
         Err("must be longer than zero".to_owned())
     } else if d > MAX_DURATION {
-        Err("must be at most 24h".to_owned())
+        Err(format!("must be at most {}h", MAX_DURATION.as_secs() / 3600))
     } else {
         Ok(d)
     }

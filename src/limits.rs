@@ -24,7 +24,8 @@ use std::{
     time::Duration,
 };
 
-use crate::config::MAX_CONNECTIONS_LIMIT;
+/// The largest `max_connections` and `max_per_client` (re-exported as `config::MAX_CONNECTIONS_LIMIT`).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 30;
 
 /// Descriptors kept back from `max_connections`'s default for the server's own files: the standard streams,
 /// the listener, the waiting room's epoll and eventfd, log files (two at once while SIGUSR1 reopens them),

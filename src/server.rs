@@ -365,7 +365,7 @@ impl Server {
         self.gauges.workers.store(config.workers, SeqCst);
         self.config = config;
         if changed.is_empty() {
-            info!("reloaded the configuration: nothing changed that the server can apply");
+            info!("reloaded the configuration: no server setting changed");
         } else {
             info!("reloaded the configuration: {}", changed.join(", "));
         }

@@ -155,7 +155,7 @@ fn a_config_that_cannot_serve_is_refused_at_the_door() {
         let mut config = config(1);
         change(&mut config);
         match Server::bind_with(config, Fragile) {
-            Err(Error::Config(message)) => message,
+            Err(Error::Config { field, reason }) => format!("{field}: {reason}"),
             Err(other) => panic!("not a config error: {other}"),
             Ok(_) => panic!("a config that cannot serve was accepted"),
         }

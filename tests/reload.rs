@@ -43,6 +43,20 @@ fn sighup_applies_the_new_reply_workers_and_timeouts() {
 }
 
 #[test]
+fn a_reload_that_changes_only_the_log_level_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "bind = \"127.0.0.1:0\"\n");
+    let mut server = Server::start(&["--config", config.to_str().unwrap()]);
+    let line = reload(&mut server, &config, "bind = \"127.0.0.1:0\"\nlog_level = \"debug\"\n", "reload:");
+    assert!(line.contains("log_level info → debug"), "{line}");
+    // The server's own line may come before or after the binary's.
+    let line = server.wait_for("reloaded the configuration");
+    assert!(!line.contains("nothing changed"), "{line}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(WAIT).success());
+}
+
+#[test]
 fn a_file_that_does_not_validate_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "reply = \"kept\"\n");

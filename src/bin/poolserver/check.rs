@@ -10,7 +10,7 @@ use std::time::Duration;
 use log::LevelFilter;
 use toml::Value;
 
-use crate::settings::{AccessLog, KEYS, Settings};
+use crate::settings::{KEYS, Settings};
 
 /// The effective configuration as a config file: every key of `settings::KEYS`, in that order.
 pub fn to_toml(settings: &Settings, sources: &str) -> String {
@@ -45,11 +45,7 @@ fn value(settings: &Settings, key: &str) -> Option<Value> {
         "idle_timeout" => duration(c.idle_timeout),
         "log_level" => Value::String(level(log.level).to_owned()),
         "log_file" => Value::String(log.file.as_ref()?.to_string_lossy().into_owned()),
-        "access_log" => Value::String(match &log.access {
-            AccessLog::Stderr => "stderr".to_owned(),
-            AccessLog::Off => "off".to_owned(),
-            AccessLog::File(path) => file_not_keyword(&path.to_string_lossy()),
-        }),
+        "access_log" => Value::String(log.access.to_string()),
         "reuse_port" => Value::Boolean(c.reuse_port),
         "proxy_protocol" => Value::Boolean(c.proxy_protocol),
         "metrics" => Value::String(settings.metrics.map_or("off".to_owned(), |addr| addr.to_string())),
@@ -75,11 +71,6 @@ fn level(level: LevelFilter) -> &'static str {
     }
 }
 
-/// A file named `stderr` or `off` is written `./stderr`, `./off`, so that reading it back gives the file.
-fn file_not_keyword(path: &str) -> String {
-    if matches!(path.trim(), "stderr" | "off") { format!("./{}", path.trim()) } else { path.to_owned() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,11 +79,5 @@ mod tests {
     fn durations_are_written_as_they_are_read() {
         assert_eq!(duration(Duration::from_millis(1500)).to_string(), "\"1s 500ms\"");
         assert_eq!(duration(Duration::from_secs(90)).to_string(), "\"1m 30s\"");
-    }
-
-    #[test]
-    fn an_access_log_file_named_like_a_keyword_stays_a_file() {
-        assert_eq!(file_not_keyword("off"), "./off");
-        assert_eq!(file_not_keyword("/var/log/a.log"), "/var/log/a.log");
     }
 }

@@ -1,17 +1,45 @@
 //! The command line as clap types: raw values only.
 //!
-//! Every option is `Option<_>` because a missing flag is not a default: the value may still come from the
-//! environment (clap reads `POOLSERVER_*` for us, so flag beats environment), then from the config file, and
-//! only then from the built-in default. `settings::Settings::resolve` does that merge.
+//! Every option of `serve` is `Option<_>` because a missing flag is not a default: the value may still come
+//! from the environment (clap reads `POOLSERVER_*` for us, so flag beats environment), then from the config
+//! file, and only then from the built-in default. `settings::Settings::resolve` does that merge. The
+//! defaults and ranges that `--help` (and so the man page) shows are the library's constants, printed, never
+//! written out again here; `tests/defaults.rs` compares them with `Config::default()`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt::Display, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use log::LevelFilter;
 
-use poolserver::{Mode, config};
+use poolserver::{
+    Config, Mode,
+    config::{
+        DEFAULT_BACKLOG, DEFAULT_BIND, DEFAULT_BUSY_REPLY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_REQUEST,
+        DEFAULT_QUEUE, DEFAULT_READ_TIMEOUT, DEFAULT_REPLY, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+        MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_DURATION, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS,
+    },
+};
 
-use crate::settings::{self, AccessLog, MetricsAddr};
+use crate::values::{
+    AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, DEFAULT_METRICS, MetricsAddr, parse_access_log,
+    parse_backlog, parse_bind, parse_count, parse_duration, parse_log_level, parse_metrics,
+    parse_positive_duration,
+};
+
+/// A help line that ends in its default, as clap writes one.
+fn with_default(help: &str, default: impl Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// A duration as `--help` and the config file write it: 5s, 1m.
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The longest timeout, as the library's message says it: 24h.
+fn longest() -> String {
+    format!("{}h", MAX_DURATION.as_secs() / 3600)
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
@@ -39,11 +67,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// The server's metrics address, as given to `serve --metrics`
-    #[arg(short, long, value_name = "ADDR", default_value = settings::DEFAULT_METRICS, value_parser = settings::parse_bind)]
+    #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_METRICS, value_parser = parse_bind)]
     pub metrics: SocketAddr,
 
     /// Time between the two scrapes that the rates are computed from (and between screens with --watch)
-    #[arg(short, long, value_name = "DUR", default_value = "1s", value_parser = settings::parse_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
 
     /// Show a fresh screen every --interval until interrupted
@@ -51,7 +79,7 @@ pub struct StatsArgs {
     pub watch: bool,
 
     /// Bounds the connect and each read and write of a scrape
-    #[arg(short, long, value_name = "DUR", default_value = "2s", value_parser = settings::parse_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "2s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 }
 
@@ -80,11 +108,11 @@ pub enum Generated {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Server address, HOST:PORT
-    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = settings::parse_bind)]
+    #[arg(short, long, value_name = "ADDR", default_value_t = DEFAULT_BIND, value_parser = parse_bind)]
     pub addr: SocketAddr,
 
     /// Bounds the connect and each read and write; the whole exchange gets twice this
-    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = settings::parse_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 
     /// Hold a conversation with a --keep-alive server: with MESSAGE `-`, one message per line of standard
@@ -101,7 +129,7 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 pub struct StressArgs {
     /// Server address, HOST:PORT
-    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000", value_parser = settings::parse_bind)]
+    #[arg(short, long, value_name = "ADDR", default_value_t = DEFAULT_BIND, value_parser = parse_bind)]
     pub addr: SocketAddr,
 
     /// Client threads, each looping connect, send, receive, close
@@ -114,7 +142,7 @@ pub struct StressArgs {
     pub requests: Option<u64>,
 
     /// Stop after this long (at most 1h) [default: 5s]
-    #[arg(short, long, value_name = "DUR", value_parser = settings::parse_duration)]
+    #[arg(short, long, value_name = "DUR", value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
 
     /// What each client sends
@@ -122,11 +150,11 @@ pub struct StressArgs {
     pub message: String,
 
     /// The reply every client must get
-    #[arg(short, long, value_name = "TEXT", default_value = config::DEFAULT_REPLY)]
+    #[arg(short, long, value_name = "TEXT", default_value = DEFAULT_REPLY)]
     pub expect: String,
 
     /// A reply equal to this is counted as busy rather than wrong
-    #[arg(long, value_name = "TEXT", default_value = config::DEFAULT_BUSY_REPLY)]
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_BUSY_REPLY)]
     pub busy_reply: String,
 
     /// Messages per connection: above 1, each client holds a conversation (the server needs --keep-alive),
@@ -140,7 +168,7 @@ pub struct StressArgs {
     pub held: u64,
 
     /// With --held: how often each held conversation sends a message
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = settings::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
 
     /// Also hold K connections open that send nothing, and report how many the server closed
@@ -148,7 +176,7 @@ pub struct StressArgs {
     pub idle: u64,
 
     /// Bounds each connect, read and write
-    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = settings::parse_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 
     /// Print one JSON object on stdout instead of the table
@@ -168,97 +196,107 @@ pub struct ServeArgs {
     #[arg(short, long, env = "POOLSERVER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:8000]
-    #[arg(short, long, env = "POOLSERVER_BIND", value_name = "ADDR", value_parser = settings::parse_bind)]
+    #[arg(short, long, env = "POOLSERVER_BIND", value_name = "ADDR", value_parser = parse_bind,
+          help = with_default("Address to listen on, HOST:PORT; port 0 picks a free port", DEFAULT_BIND))]
     pub bind: Option<SocketAddr>,
 
-    /// Worker threads [default: number of CPUs]
-    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = settings::parse_workers)]
+    #[arg(short, long, env = "POOLSERVER_WORKERS", value_name = "N", value_parser = parse_count,
+          help = with_default(&format!("Worker threads, 1 to {MAX_WORKERS}"), "number of CPUs"))]
     pub workers: Option<usize>,
 
-    /// Accepted connections that may wait for a free worker before clients get the busy reply [default: 1024]
-    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = settings::parse_queue)]
+    #[arg(long, env = "POOLSERVER_QUEUE", value_name = "N", value_parser = parse_count,
+          help = with_default(&format!("Connections with a message in hand that may wait for a free worker before \
+                                        clients get the busy reply, 1 to {MAX_QUEUE}"), DEFAULT_QUEUE))]
     pub queue: Option<usize>,
 
-    /// Listen backlog: connections the kernel holds before we accept them [default: 1024]
-    #[arg(long, env = "POOLSERVER_BACKLOG", value_name = "N", value_parser = settings::parse_backlog)]
+    #[arg(long, env = "POOLSERVER_BACKLOG", value_name = "N", value_parser = parse_backlog,
+          help = with_default(&format!("Listen backlog: connections the kernel holds before we accept them, 1 to \
+                                        {MAX_BACKLOG} (the kernel caps it at net.core.somaxconn)"), DEFAULT_BACKLOG))]
     pub backlog: Option<u32>,
 
-    /// Most connections open at once (queued, on a worker or waiting); at the cap, new clients wait in the
-    /// listen backlog until one closes [default: the fd limit less 64]
-    #[arg(long, env = "POOLSERVER_MAX_CONNECTIONS", value_name = "N", value_parser = settings::parse_max_connections)]
+    #[arg(long, env = "POOLSERVER_MAX_CONNECTIONS", value_name = "N", value_parser = parse_count,
+          help = with_default(&format!("Most connections open at once (queued, on a worker or waiting), 1 to \
+                                        {MAX_CONNECTIONS_LIMIT}; at the cap, new clients wait in the listen backlog \
+                                        until one closes"), "the fd limit less a reserve for the server's own files"))]
     pub max_connections: Option<usize>,
 
-    /// Most connections open at once from one client address (with --proxy-protocol, the address the header
-    /// names); past it, a connection gets the busy reply [default: no limit]
-    #[arg(long, env = "POOLSERVER_MAX_PER_CLIENT", value_name = "N", value_parser = settings::parse_max_connections)]
+    #[arg(long, env = "POOLSERVER_MAX_PER_CLIENT", value_name = "N", value_parser = parse_count,
+          help = with_default(&format!("Most connections open at once from one client address (with \
+                                        --proxy-protocol, the address the header names), 1 to \
+                                        {MAX_CONNECTIONS_LIMIT}; past it, a connection gets the busy reply"), "no limit"))]
     pub max_per_client: Option<usize>,
 
-    /// ack: answer every message with --reply; echo: send the message back [default: ack]
-    #[arg(long, env = "POOLSERVER_MODE", value_name = "MODE")]
+    #[arg(long, env = "POOLSERVER_MODE", value_name = "MODE",
+          help = with_default("ack: answer every message with --reply; echo: send the message back", Mode::default()))]
     pub mode: Option<ModeArg>,
 
-    /// Reply in mode ack, sent as UTF-8 without a newline [default: 信息已收到]
-    #[arg(long, env = "POOLSERVER_REPLY", value_name = "TEXT", value_parser = settings::parse_reply)]
+    #[arg(long, env = "POOLSERVER_REPLY", value_name = "TEXT",
+          help = with_default("Reply in mode ack, sent as UTF-8 without a newline; not empty", DEFAULT_REPLY))]
     pub reply: Option<String>,
 
-    /// Reply when every worker is busy and the queue is full [default: 服务器繁忙]
-    #[arg(long, env = "POOLSERVER_BUSY_REPLY", value_name = "TEXT", value_parser = settings::parse_reply)]
+    #[arg(long, env = "POOLSERVER_BUSY_REPLY", value_name = "TEXT",
+          help = with_default("Reply when every worker is busy and the queue is full; not empty", DEFAULT_BUSY_REPLY))]
     pub busy_reply: Option<String>,
 
-    /// Most bytes read as one message (one read) [default: 1024]
-    #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = settings::parse_max_request)]
+    #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = parse_count,
+          help = with_default(&format!("Most bytes read as one message (one read), 1 to {MAX_REQUEST_LIMIT}"),
+                              DEFAULT_MAX_REQUEST))]
     pub max_request: Option<usize>,
 
-    /// How long a client may take to send its first message, counted from when it connected [default: 5s]
-    #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
+    #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = parse_duration,
+          help = with_default(&format!("How long a client may take to send its first message, counted from when \
+                                        it connected; at most {}", longest()), duration(DEFAULT_READ_TIMEOUT)))]
     pub read_timeout: Option<Duration>,
 
-    /// How long writing one whole reply may take; a reply cut short ends in a reset [default: 5s]
-    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
+    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", value_name = "DUR", value_parser = parse_duration,
+          help = with_default(&format!("How long writing one whole reply may take; a reply cut short ends in a \
+                                        reset; at most {}", longest()), duration(DEFAULT_WRITE_TIMEOUT)))]
     pub write_timeout: Option<Duration>,
 
-    /// How long a shutdown may wait for open connections before abandoning them [default: 10s]
-    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
+    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", value_name = "DUR", value_parser = parse_duration,
+          help = with_default(&format!("How long a shutdown may wait for open connections before abandoning \
+                                        them; at most {}", longest()), duration(DEFAULT_SHUTDOWN_TIMEOUT)))]
     pub shutdown_timeout: Option<Duration>,
 
-    /// The server log's level: off, error, warn, info, debug or trace (the access log has --access-log)
-    /// [default: info]
-    #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_name = "LEVEL", value_parser = settings::parse_log_level)]
+    #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_name = "LEVEL", value_parser = parse_log_level,
+          help = with_default("The server log's level: off, error, warn, info, debug or trace (the access log \
+                               has --access-log)", DEFAULT_LOG_LEVEL.as_str().to_lowercase()))]
     pub log_level: Option<LevelFilter>,
 
-    /// Keep each connection open and answer every message until the client hangs up [default: false]
     #[arg(long, env = "POOLSERVER_KEEP_ALIVE", value_name = "BOOL", num_args = 0..=1,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_missing_value = "true", value_parser = BoolishValueParser::new(),
+          help = with_default("Keep each connection open and answer every message until the client hangs up",
+                              Config::default().keep_alive))]
     pub keep_alive: Option<bool>,
 
-    /// With --keep-alive: how long a conversation may be silent after a reply before it is closed
-    /// [default: 60s]
-    #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", value_name = "DUR", value_parser = settings::parse_duration)]
+    #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", value_name = "DUR", value_parser = parse_duration,
+          help = with_default(&format!("With --keep-alive: how long a conversation may be silent after a reply \
+                                        before it is closed; at most {}", longest()), duration(DEFAULT_IDLE_TIMEOUT)))]
     pub idle_timeout: Option<Duration>,
 
     /// Also append the server log to this file (reopened on SIGUSR1)
     #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
-    /// The access log, one line per connection (per message with --keep-alive): stderr, off, or a file to
-    /// append to (reopened on SIGUSR1) [default: stderr]
-    #[arg(long, env = "POOLSERVER_ACCESS_LOG", value_name = "DEST", value_parser = settings::parse_access_log)]
+    #[arg(long, env = "POOLSERVER_ACCESS_LOG", value_name = "DEST", value_parser = parse_access_log,
+          help = with_default("The access log, one line per connection (per message with --keep-alive): stderr, \
+                               off, or a file to append to (reopened on SIGUSR1)", DEFAULT_ACCESS_LOG))]
     pub access_log: Option<AccessLog>,
 
-    /// Set SO_REUSEPORT so several poolserver processes can serve one port [default: false]
     #[arg(long, env = "POOLSERVER_REUSE_PORT", value_name = "BOOL", num_args = 0..=1,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_missing_value = "true", value_parser = BoolishValueParser::new(),
+          help = with_default("Set SO_REUSEPORT so several poolserver processes can serve one port",
+                              Config::default().reuse_port))]
     pub reuse_port: Option<bool>,
 
-    /// Expect a PROXY protocol header (v1 or v2) before each request, as HAProxy's send-proxy sends it
-    /// [default: false]
     #[arg(long, env = "POOLSERVER_PROXY_PROTOCOL", value_name = "BOOL", num_args = 0..=1,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_missing_value = "true", value_parser = BoolishValueParser::new(),
+          help = with_default("Expect a PROXY protocol header (v1 or v2) before each request, as HAProxy's \
+                               send-proxy sends it", Config::default().proxy_protocol))]
     pub proxy_protocol: Option<bool>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics, or off [default: off]
-    #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = settings::parse_metrics)]
+    #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = parse_metrics,
+          help = with_default("Serve Prometheus metrics at http://ADDR/metrics, or off", "off"))]
     pub metrics: Option<MetricsAddr>,
 }
 

@@ -4,22 +4,53 @@
 //! line with a NUL in it, bytes that are not UTF-8. `quote` escapes what is not printable and cuts what is
 //! long, so every error stays one short line of plain text. clap's errors are rebuilt from their parts into
 //! that one line, keeping its "similar argument" tips; bind failures get the likely cause and the fix.
+//!
+//! The binary's own failures (a config file it cannot read, a log file it cannot open, a flag whose value
+//! `Config::validate` refused) are a `CliError`, which says whose they are to fix and so the exit code; the
+//! library's `Error` is for what the library does. Nothing here knows the command line's types: clap's
+//! `Command` is passed in, so that data flows from `cli` to here and not back.
 
 use std::{
     env,
     ffi::{OsStr, OsString},
-    fmt::Write,
+    fmt::{self, Write},
     io,
     net::SocketAddr,
     os::unix::ffi::OsStrExt,
+    process::ExitCode,
 };
 
 use clap::{
-    CommandFactory,
+    Command,
     error::{ContextKind, ContextValue, ErrorKind},
 };
 
-use crate::cli::Cli;
+/// A failure of the binary's own, as one line, and whose it is to fix.
+#[derive(Debug)]
+pub enum CliError {
+    /// A flag, variable, config key or file, or log file is wrong: the user's to fix. Exit code 2.
+    Usage(String),
+    /// The system refused something (a thread, the logger, a socket): exit code 1, for a service manager
+    /// to try again.
+    System(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::System(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(line) | CliError::System(line) => f.write_str(line),
+        }
+    }
+}
 
 /// About how many bytes of the user's input a message quotes.
 const QUOTE_BYTES: usize = 100;
@@ -86,8 +117,9 @@ pub enum Usage {
 }
 
 /// Turns clap's error into one line: what is wrong (with the user's input quoted), clap's tips, the
-/// environment variable the bad value came from, and the help of the subcommand in use.
-pub fn usage(e: &clap::Error) -> Usage {
+/// environment variable the bad value came from, and the help of the subcommand in use. `command` is the
+/// whole command line's definition.
+pub fn usage(e: &clap::Error, command: &Command) -> Usage {
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
@@ -100,12 +132,12 @@ pub fn usage(e: &clap::Error) -> Usage {
         _ => {}
     }
     let args: Vec<OsString> = env::args_os().skip(1).collect();
-    let subcommand = subcommand(&args);
-    let mut line = what_is_wrong(e, &args, subcommand.as_deref());
+    let subcommand = subcommand(command, &args);
+    let mut line = what_is_wrong(e, command, &args, subcommand.as_deref());
     for tip in tips(e) {
         let _ = write!(line, "; tip: {tip}");
     }
-    if let Some(var) = from_environment(e, &args) {
+    if let Some(var) = from_environment(e, command, &args) {
         let _ = write!(line, " (from environment variable {var})");
     }
     match subcommand {
@@ -119,16 +151,15 @@ pub fn usage(e: &clap::Error) -> Usage {
 
 /// The subcommand the command line names: the first argument that is not an option (the top level takes
 /// no option with a value), if it is one of ours.
-fn subcommand(args: &[OsString]) -> Option<String> {
+fn subcommand(command: &Command, args: &[OsString]) -> Option<String> {
     let first = args.iter().find(|a| !a.as_bytes().starts_with(b"-"))?.to_str()?;
-    let command = Cli::command();
     let sub = command
         .get_subcommands()
         .find(|s| s.get_name() == first || s.get_all_aliases().any(|a| a == first))?;
     Some(sub.get_name().to_owned())
 }
 
-fn what_is_wrong(e: &clap::Error, args: &[OsString], subcommand: Option<&str>) -> String {
+fn what_is_wrong(e: &clap::Error, command: &Command, args: &[OsString], subcommand: Option<&str>) -> String {
     let string = |kind| match e.get(kind) {
         Some(ContextValue::String(s)) => Some(s.as_str()),
         _ => None,
@@ -151,7 +182,7 @@ fn what_is_wrong(e: &clap::Error, args: &[OsString], subcommand: Option<&str>) -
             Some(name) => format!("unrecognized subcommand {}", quote(original(name, args))),
             None => clap_line(e),
         },
-        (ErrorKind::InvalidUtf8, ..) => not_utf8(args, subcommand),
+        (ErrorKind::InvalidUtf8, ..) => not_utf8(command, args, subcommand),
         _ => clap_line(e),
     }
 }
@@ -176,7 +207,7 @@ fn original<'a>(shown: &'a str, args: &'a [OsString]) -> &'a [u8] {
 }
 
 /// clap says only "invalid UTF-8 was detected": find the argument or the environment variable.
-fn not_utf8(args: &[OsString], subcommand: Option<&str>) -> String {
+fn not_utf8(command: &Command, args: &[OsString], subcommand: Option<&str>) -> String {
     if let Some(i) = args.iter().position(|a| a.to_str().is_none()) {
         let after = match i.checked_sub(1).and_then(|p| args[p].to_str()) {
             Some(previous) => format!(" (after {})", quote(previous)),
@@ -187,7 +218,6 @@ fn not_utf8(args: &[OsString], subcommand: Option<&str>) -> String {
             quote(args[i].as_bytes())
         );
     }
-    let command = Cli::command();
     let bad_var = command
         .get_subcommands()
         .filter(|s| subcommand.is_none_or(|name| s.get_name() == name))
@@ -251,13 +281,18 @@ fn tips(e: &clap::Error) -> Vec<String> {
 }
 
 /// The environment variable behind a rejected value, when the flag itself was not on the command line.
-fn from_environment(e: &clap::Error, args: &[OsString]) -> Option<String> {
+fn from_environment(e: &clap::Error, command: &Command, args: &[OsString]) -> Option<String> {
     let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else { return None };
     let long = flag.strip_prefix("--")?.split([' ', '=']).next()?;
-    let command = Cli::command();
+    environment_behind(command, long, args)
+}
+
+/// The environment variable that gave the option `--long` (of `command` or one of its subcommands) its
+/// value: set, while the flag is not on the command line `args`.
+pub fn environment_behind(command: &Command, long: &str, args: &[OsString]) -> Option<String> {
     let arg = command
-        .get_subcommands()
-        .flat_map(|sub| sub.get_arguments())
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|sub| sub.get_arguments()))
         .find(|arg| arg.get_long() == Some(long))?;
     let var = arg.get_env()?;
     let long_flag = format!("--{long}");
@@ -271,8 +306,16 @@ fn from_environment(e: &clap::Error, args: &[OsString]) -> Option<String> {
     (!on_command_line && env::var_os(var).is_some()).then(|| var.to_string_lossy().into_owned())
 }
 
+/// A bind that failed, in one line with its likely cause and fix when there is one.
+pub fn bind_failure(addr: SocketAddr, e: &io::Error) -> String {
+    match bind_advice(addr, e) {
+        Some(advice) => format!("cannot bind {addr}: {e}; {advice}"),
+        None => format!("cannot bind {addr}: {e}"),
+    }
+}
+
 /// The likely cause of a failed bind and what to do about it, for the errors people actually meet.
-pub fn bind_advice(addr: SocketAddr, e: &io::Error) -> Option<String> {
+fn bind_advice(addr: SocketAddr, e: &io::Error) -> Option<String> {
     let port = addr.port();
     match e.kind() {
         io::ErrorKind::AddrInUse => Some(format!(

@@ -29,11 +29,12 @@ pub fn run(what: &Generated) -> io::Result<()> {
 /// (its options), as git and cargo ship theirs: `man poolserver-serve`.
 fn man_pages(command: &clap::Command, dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    // Built, clap names each subcommand `poolserver-NAME` and its usage `poolserver NAME`.
-    let mut command = command.clone();
+    // Built, clap names each subcommand `poolserver-NAME` and its usage `poolserver NAME`. Without clap's
+    // `help` subcommand: it has no page of its own, so `poolserver(1)` must not point to one.
+    let mut command = command.clone().disable_help_subcommand(true);
     command.build();
     let mut pages = vec![("poolserver.1".to_owned(), command.clone())];
-    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set() && sub.get_name() != "help") {
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         let name = sub.get_display_name().unwrap_or(sub.get_name());
         pages.push((format!("{name}.1"), sub.clone()));
     }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{error, info, warn};
 use poolserver::{Builtin, Error, Server};
 
@@ -25,6 +25,7 @@ mod settings;
 mod signals;
 mod stats;
 mod stress;
+mod values;
 
 use cli::{Cli, Command, GenerateArgs, SendArgs, ServeArgs, StatsArgs, StressArgs};
 use logging::Logs;
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            return match errors::usage(&e) {
+            return match errors::usage(&e, &Cli::command()) {
                 errors::Usage::Printed { failed: false } => ExitCode::SUCCESS,
                 errors::Usage::Printed { failed: true } => ExitCode::from(USAGE),
                 errors::Usage::Error(line) => {
@@ -113,7 +114,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("poolserver: {e}");
-            return ExitCode::from(USAGE);
+            return e.exit_code();
         }
     };
     if args.check {
@@ -129,8 +130,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(logs) => logs,
         Err(e) => {
             eprintln!("poolserver: {e}");
-            // A log file that cannot be opened is the user's to fix; anything else is the system's.
-            return if matches!(e, Error::Config(_)) { ExitCode::from(USAGE) } else { ExitCode::FAILURE };
+            // A log file that cannot be opened is the user's to fix (2); anything else is the system's (1).
+            return e.exit_code();
         }
     };
     logging::log_panics();
@@ -171,7 +172,7 @@ fn run_server(
         Err(e) => {
             // A failed bind exits 1, not 2: a port in use or an address not configured yet can clear up, so
             // a service manager should try again.
-            log_start_error("", &e);
+            log_start_error(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -179,8 +180,8 @@ fn run_server(
         match metrics::start(addr, server.monitor()) {
             Ok(bound) => info!("metrics on http://{bound}/metrics"),
             Err(e) => {
-                log_start_error("metrics: ", &e);
-                return ExitCode::FAILURE;
+                error!("metrics: {e}");
+                return e.exit_code();
             }
         }
     }
@@ -207,12 +208,9 @@ fn run_server(
 }
 
 /// A failure to start, in one line; a bind failure with its likely cause and fix.
-fn log_start_error(what: &str, e: &Error) {
+fn log_start_error(e: &Error) {
     match e {
-        Error::Bind { addr, source } => match errors::bind_advice(*addr, source) {
-            Some(advice) => error!("{what}{e}; {advice}"),
-            None => error!("{what}{e}"),
-        },
-        _ => error!("{what}{e}"),
+        Error::Bind { addr, source } => error!("{}", errors::bind_failure(*addr, source)),
+        _ => error!("{e}"),
     }
 }

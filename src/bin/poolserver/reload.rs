@@ -2,12 +2,13 @@
 //!
 //! It is resolved as a start would resolve it: the same flags, the environment as it was at the start
 //! (clap read it then), and the config file as it is now. A file that does not parse or validate is one
-//! error line and changes nothing. The server applies what it can without a new socket; the log level
-//! changes here; the log destinations need a restart, and a warning says so.
+//! error line and changes nothing. The server applies what it can without a new socket and logs what it
+//! changed; the log level is the binary's, so it changes here and says so here; the log destinations need a
+//! restart, and a warning says so.
 
 use std::net::SocketAddr;
 
-use log::{error, warn};
+use log::{error, info, warn};
 use poolserver::ReloadHandle;
 
 use crate::{
@@ -34,7 +35,22 @@ impl Reloader {
         if let Err(e) = self.server.reload(config) {
             return error!(target: OPERATOR, "reload refused, the running configuration stays: {e}");
         }
-        self.logs.set_level(log.level);
+        let level = self.logs.level();
+        if log.level != level {
+            // Logged at the level that lets it through: before the change when the level goes down.
+            let change = format!(
+                "reload: log_level {} → {}",
+                level.as_str().to_lowercase(),
+                log.level.as_str().to_lowercase()
+            );
+            if log.level < level {
+                info!(target: OPERATOR, "{change}");
+                self.logs.set_level(log.level);
+            } else {
+                self.logs.set_level(log.level);
+                info!(target: OPERATOR, "{change}");
+            }
+        }
         if log.file != self.log.file || log.access != self.log.access {
             warn!(target: OPERATOR, "reload: log_file and access_log need a restart; the logs go where they went");
         }

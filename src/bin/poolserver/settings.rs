@@ -1,31 +1,35 @@
 //! The settings of `poolserver serve`: flags, environment, config file and defaults merged into the
-//! library's `Config` and the logging setup, with every value checked.
+//! library's `Config` and the logging setup.
 //!
 //! Precedence is flag > environment variable > config file > built-in default. clap already folds the
 //! environment into the flag values (see `cli`), so this module merges those with the file and the defaults.
-//! Every check happens here, before anything binds, and every failure is one line that names the flag, the
-//! key or the file.
+//! Values are parsed here (`values`) and checked by `Config::validate` alone; when it refuses a field, the
+//! error is one line that names where the value came from: the flag, the variable, or the file and line.
 
 use std::{
+    collections::HashMap,
+    env,
     fs::{self, OpenOptions},
     io::Read,
-    net::{SocketAddr, ToSocketAddrs},
+    net::SocketAddr,
     os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use clap::CommandFactory;
 use log::LevelFilter;
-use poolserver::{
-    Config, Error, Mode,
-    config::{
-        MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS, check_count,
-        check_duration,
-    },
-};
+use poolserver::{Config, Error, Mode};
 use toml::de::{DeTable, DeValue};
 
-use crate::{cli::ServeArgs, errors};
+use crate::{
+    cli::{Cli, ServeArgs},
+    errors::{self, CliError},
+    values::{
+        AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, MetricsAddr, parse_access_log, parse_bind,
+        parse_duration, parse_log_level, parse_metrics, parse_mode,
+    },
+};
 
 /// Everything `poolserver serve` runs with.
 #[derive(Debug)]
@@ -36,14 +40,6 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Where `stats` looks for the metrics by default, and the address the documentation suggests for `serve
-/// --metrics`.
-pub const DEFAULT_METRICS: &str = "127.0.0.1:9180";
-
-/// The `metrics` setting: an address, or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsAddr(pub Option<SocketAddr>);
-
 /// The two logs: the server log (level and optional file; always stderr too) and the access log.
 #[derive(Debug, Clone)]
 pub struct LogSettings {
@@ -52,54 +48,116 @@ pub struct LogSettings {
     pub access: AccessLog,
 }
 
-/// Where the access log goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLog {
-    Stderr,
-    Off,
-    File(PathBuf),
+/// Where a value of `Config` came from, for the message when `Config::validate` refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The flag, or the environment variable clap read for it.
+    Flag,
+    /// The config file, at this line.
+    File(usize),
+}
+
+/// The merge of one value: the flag's if there is one, else the file's; records which.
+struct Merge<'a> {
+    file: &'a ConfigFile,
+    origins: HashMap<&'static str, Origin>,
+}
+
+impl Merge<'_> {
+    fn pick<T>(&mut self, field: &'static str, flag: Option<T>, file: Option<T>) -> Option<T> {
+        if flag.is_some() {
+            self.origins.insert(field, Origin::Flag);
+            return flag;
+        }
+        if file.is_some() {
+            self.origins.insert(field, Origin::File(self.file.lines.get(field).copied().unwrap_or(0)));
+        }
+        file
+    }
 }
 
 impl Settings {
     /// Merges flags (with the environment already folded in by clap), the config file they name, and the
-    /// defaults.
-    pub fn resolve(args: &ServeArgs) -> Result<Settings, Error> {
+    /// defaults, and has the library check the result.
+    pub fn resolve(args: &ServeArgs) -> Result<Settings, CliError> {
         let file = match &args.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
         };
+        let f = &file.values;
+        let mut m = Merge { file: &file, origins: HashMap::new() };
         let mut config = Config::default();
         let c = &mut config;
-        c.bind = args.bind.or(file.bind).unwrap_or(c.bind);
-        c.workers = args.workers.or(file.workers).unwrap_or(c.workers);
-        c.queue = args.queue.or(file.queue).unwrap_or(c.queue);
-        c.backlog = args.backlog.or(file.backlog).unwrap_or(c.backlog);
-        c.max_connections = args.max_connections.or(file.max_connections).or(c.max_connections);
-        c.max_per_client = args.max_per_client.or(file.max_per_client).or(c.max_per_client);
-        c.mode = args.mode.map(Mode::from).or(file.mode).unwrap_or(c.mode);
-        if let Some(reply) = args.reply.clone().or(file.reply) {
+        c.bind = m.pick("bind", args.bind, f.bind).unwrap_or(c.bind);
+        c.workers = m.pick("workers", args.workers, f.workers).unwrap_or(c.workers);
+        c.queue = m.pick("queue", args.queue, f.queue).unwrap_or(c.queue);
+        c.backlog = m.pick("backlog", args.backlog, f.backlog).unwrap_or(c.backlog);
+        c.max_connections =
+            m.pick("max_connections", args.max_connections, f.max_connections).or(c.max_connections);
+        c.max_per_client =
+            m.pick("max_per_client", args.max_per_client, f.max_per_client).or(c.max_per_client);
+        c.mode = m.pick("mode", args.mode.map(Mode::from), f.mode).unwrap_or(c.mode);
+        if let Some(reply) = m.pick("reply", args.reply.clone(), f.reply.clone()) {
             c.reply = reply;
         }
-        if let Some(busy_reply) = args.busy_reply.clone().or(file.busy_reply) {
+        if let Some(busy_reply) = m.pick("busy_reply", args.busy_reply.clone(), f.busy_reply.clone()) {
             c.busy_reply = busy_reply;
         }
-        c.max_request = args.max_request.or(file.max_request).unwrap_or(c.max_request);
-        c.read_timeout = args.read_timeout.or(file.read_timeout).unwrap_or(c.read_timeout);
-        c.write_timeout = args.write_timeout.or(file.write_timeout).unwrap_or(c.write_timeout);
-        c.shutdown_timeout = args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(c.shutdown_timeout);
-        c.keep_alive = args.keep_alive.or(file.keep_alive).unwrap_or(c.keep_alive);
-        c.idle_timeout = args.idle_timeout.or(file.idle_timeout).unwrap_or(c.idle_timeout);
-        c.reuse_port = args.reuse_port.or(file.reuse_port).unwrap_or(c.reuse_port);
-        c.proxy_protocol = args.proxy_protocol.or(file.proxy_protocol).unwrap_or(c.proxy_protocol);
-        config.validate()?;
+        c.max_request = m.pick("max_request", args.max_request, f.max_request).unwrap_or(c.max_request);
+        c.read_timeout = m.pick("read_timeout", args.read_timeout, f.read_timeout).unwrap_or(c.read_timeout);
+        c.write_timeout =
+            m.pick("write_timeout", args.write_timeout, f.write_timeout).unwrap_or(c.write_timeout);
+        c.shutdown_timeout = m
+            .pick("shutdown_timeout", args.shutdown_timeout, f.shutdown_timeout)
+            .unwrap_or(c.shutdown_timeout);
+        c.keep_alive = m.pick("keep_alive", args.keep_alive, f.keep_alive).unwrap_or(c.keep_alive);
+        c.idle_timeout = m.pick("idle_timeout", args.idle_timeout, f.idle_timeout).unwrap_or(c.idle_timeout);
+        c.reuse_port = m.pick("reuse_port", args.reuse_port, f.reuse_port).unwrap_or(c.reuse_port);
+        c.proxy_protocol =
+            m.pick("proxy_protocol", args.proxy_protocol, f.proxy_protocol).unwrap_or(c.proxy_protocol);
+        if let Err(e) = config.validate() {
+            return Err(refused(e, m.origins, args.config.as_deref()));
+        }
         let log = LogSettings {
-            level: args.log_level.or(file.log_level).unwrap_or(LevelFilter::Info),
-            file: args.log_file.clone().or(file.log_file),
-            access: args.access_log.clone().or(file.access_log).unwrap_or(AccessLog::Stderr),
+            level: args.log_level.or(f.log_level).unwrap_or(DEFAULT_LOG_LEVEL),
+            file: args.log_file.clone().or(f.log_file.clone()),
+            access: args.access_log.clone().or(f.access_log.clone()).unwrap_or(DEFAULT_ACCESS_LOG),
         };
-        let metrics = args.metrics.or(file.metrics).and_then(|m| m.0);
+        let metrics = args.metrics.or(f.metrics).and_then(|m| m.0);
         Ok(Settings { config, log, metrics })
     }
+}
+
+/// `Config::validate`'s refusal as the user reads it: the flag (and the variable behind it), or the file
+/// and line, that gave the field its value.
+fn refused(e: Error, origins: HashMap<&'static str, Origin>, file: Option<&Path>) -> CliError {
+    let Error::Config { field, reason } = e else { return CliError::Usage(e.to_string()) };
+    let long = field.replace('_', "-");
+    CliError::Usage(match (origins.get(field), file) {
+        (Some(Origin::Flag), _) => {
+            let command = Cli::command();
+            let serve = command.find_subcommand("serve").unwrap_or(&command);
+            let value = serve
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+                .and_then(|a| a.get_value_names()?.first().cloned());
+            let flag = match value {
+                Some(value) => format!("--{long} <{value}>"),
+                None => format!("--{long}"),
+            };
+            let args: Vec<_> = env::args_os().skip(1).collect();
+            let from = errors::environment_behind(serve, &long, &args)
+                .map(|var| format!(" (from environment variable {var})"))
+                .unwrap_or_default();
+            format!("invalid value for '{flag}': {reason}{from}; see 'poolserver serve --help'")
+        }
+        (Some(Origin::File(line)), Some(path)) => {
+            format!("config file {}, line {line}: {field}: {reason}", errors::path(path))
+        }
+        _ => format!(
+            "the default {field} cannot work here: {reason}; set --{long} or {field} in the config file"
+        ),
+    })
 }
 
 /// The largest config file read: far above any real one, yet a reply of several MiB still fits.
@@ -130,7 +188,14 @@ pub const KEYS: &[&str] = &[
     "metrics",
 ];
 
-/// The config file's values, each checked as it was read: every key optional.
+/// A config file as read: its values, and the line of each key, for the messages about them.
+#[derive(Debug, Default)]
+struct ConfigFile {
+    values: FileConfig,
+    lines: HashMap<&'static str, usize>,
+}
+
+/// The config file's values, each parsed as it was read: every key optional.
 #[derive(Debug, Default)]
 struct FileConfig {
     bind: Option<SocketAddr>,
@@ -156,54 +221,54 @@ struct FileConfig {
     metrics: Option<MetricsAddr>,
 }
 
-impl FileConfig {
-    /// Reads and checks the file; every error names the file, and the line and key when there is one.
-    fn load(path: &Path) -> Result<FileConfig, Error> {
+impl ConfigFile {
+    /// Reads and parses the file; every error names the file, and the line and key when there is one.
+    fn load(path: &Path) -> Result<ConfigFile, CliError> {
         let text = read_config(path)?;
-        FileConfig::parse(&text)
-            .map_err(|why| Error::Config(format!("config file {}, {why}", errors::path(path))))
+        ConfigFile::parse(&text)
+            .map_err(|why| CliError::Usage(format!("config file {}, {why}", errors::path(path))))
     }
 
     /// `Err` reads "line N: ...".
-    fn parse(text: &str) -> Result<FileConfig, String> {
+    fn parse(text: &str) -> Result<ConfigFile, String> {
         let document = DeTable::parse(text).map_err(|e| {
             let start = e.span().map_or(0, |span| span.start);
             let line = text[..start.min(text.len())].matches('\n').count() + 1;
             let source = text.lines().nth(line - 1).unwrap_or("").trim();
             format!("line {line} ({}): {}", errors::quote(source), errors::shorten(e.message().trim()))
         })?;
-        let mut file = FileConfig::default();
+        let mut file = ConfigFile::default();
         for (key, value) in document.get_ref() {
             let line = text[..key.span().start.min(text.len())].matches('\n').count() + 1;
             let name: &str = key.get_ref();
-            if !KEYS.contains(&name) {
+            let Some(&known) = KEYS.iter().find(|&&k| k == name) else {
                 return Err(format!(
                     "line {line}: unknown key {}; the keys are {}",
                     errors::quote(name),
                     KEYS.join(", ")
                 ));
-            }
-            file.set(name, value.get_ref()).map_err(|why| format!("line {line}: {name}: {why}"))?;
+            };
+            file.values.set(known, value.get_ref()).map_err(|why| format!("line {line}: {name}: {why}"))?;
+            file.lines.insert(known, line);
         }
         Ok(file)
     }
+}
 
-    /// Checks one value and keeps it; `Err` says what the key wants.
+impl FileConfig {
+    /// Parses one value and keeps it; `Err` says what the key wants.
     fn set(&mut self, key: &str, value: &DeValue<'_>) -> Result<(), String> {
         match key {
             "bind" => self.bind = Some(parse_bind(text(value, "\"127.0.0.1:8000\"")?)?),
-            "workers" => self.workers = Some(check_workers(count(value, "4")?)?),
-            "queue" => self.queue = Some(check_queue(count(value, "1024")?)?),
-            "backlog" => {
-                let n = u32::try_from(count(value, "1024")?).unwrap_or(u32::MAX);
-                self.backlog = Some(check_backlog(n)?);
-            }
-            "max_connections" => self.max_connections = Some(check_connections(count(value, "10000")?)?),
-            "max_per_client" => self.max_per_client = Some(check_connections(count(value, "100")?)?),
+            "workers" => self.workers = Some(count(value, "4")?),
+            "queue" => self.queue = Some(count(value, "1024")?),
+            "backlog" => self.backlog = Some(u32::try_from(count(value, "4096")?).unwrap_or(u32::MAX)),
+            "max_connections" => self.max_connections = Some(count(value, "10000")?),
+            "max_per_client" => self.max_per_client = Some(count(value, "100")?),
             "mode" => self.mode = Some(parse_mode(text(value, "\"ack\" or \"echo\"")?)?),
-            "reply" => self.reply = Some(parse_reply(text(value, "\"got it\"")?)?),
-            "busy_reply" => self.busy_reply = Some(parse_reply(text(value, "\"busy\"")?)?),
-            "max_request" => self.max_request = Some(check_max_request(count(value, "1024")?)?),
+            "reply" => self.reply = Some(text(value, "\"got it\"")?.to_owned()),
+            "busy_reply" => self.busy_reply = Some(text(value, "\"busy\"")?.to_owned()),
+            "max_request" => self.max_request = Some(count(value, "1024")?),
             "read_timeout" => self.read_timeout = Some(duration(value)?),
             "write_timeout" => self.write_timeout = Some(duration(value)?),
             "shutdown_timeout" => self.shutdown_timeout = Some(duration(value)?),
@@ -224,8 +289,9 @@ impl FileConfig {
 }
 
 /// The file's bytes, refusing what is not a regular file of at most `MAX_CONFIG_BYTES` before reading it.
-fn read_config(path: &Path) -> Result<String, Error> {
-    let fail = |why: String| Error::Config(format!("cannot read config file {}: {why}", errors::path(path)));
+fn read_config(path: &Path) -> Result<String, CliError> {
+    let fail =
+        |why: String| CliError::Usage(format!("cannot read config file {}: {why}", errors::path(path)));
     // Opened non-blocking: a FIFO with no writer would block `open` itself. The type check refuses it next.
     let file = OpenOptions::new()
         .read(true)
@@ -291,8 +357,8 @@ fn text<'a>(value: &'a DeValue<'_>, like: &str) -> Result<&'a str, String> {
     }
 }
 
-/// A whole number that is at least 0; one too large for `usize` comes back as `usize::MAX`, for the key's
-/// own check to refuse with its bounds.
+/// A whole number that is at least 0; one too large for `usize` comes back as `usize::MAX`, and one below 0
+/// as 0, for `Config::validate` to refuse with the field's bounds.
 fn count(value: &DeValue<'_>, like: &str) -> Result<usize, String> {
     let wanted = format!("expected a number, like {like}");
     match value {
@@ -325,163 +391,13 @@ fn switch(value: &DeValue<'_>) -> Result<bool, String> {
     }
 }
 
-/// `HOST:PORT`: an IP address with a port, or a name that resolves to one (the first address wins).
-pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    let hint = "expected HOST:PORT, like 127.0.0.1:8000 or [::1]:8000";
-    match text.to_socket_addrs() {
-        Ok(mut addrs) => {
-            addrs.next().ok_or_else(|| format!("{} resolves to no address; {hint}", errors::quote(text)))
-        }
-        Err(e) => Err(format!("cannot use {} ({e}); {hint}", errors::quote(text))),
-    }
-}
-
-/// `off`, or the `HOST:PORT` to serve the metrics on.
-pub fn parse_metrics(text: &str) -> Result<MetricsAddr, String> {
-    match text.trim() {
-        "off" => Ok(MetricsAddr(None)),
-        _ => parse_bind(text).map(|addr| MetricsAddr(Some(addr))),
-    }
-}
-
-/// A count of worker threads: a whole number from 1 to `MAX_WORKERS`.
-pub fn parse_workers(text: &str) -> Result<usize, String> {
-    check_workers(parse_number(text)?)
-}
-
-fn check_workers(n: usize) -> Result<usize, String> {
-    check_count(n, MAX_WORKERS)
-}
-
-/// A count of queue slots: a whole number from 1 to `MAX_QUEUE`.
-pub fn parse_queue(text: &str) -> Result<usize, String> {
-    check_queue(parse_number(text)?)
-}
-
-fn check_queue(n: usize) -> Result<usize, String> {
-    check_count(n, MAX_QUEUE)
-}
-
-pub fn parse_backlog(text: &str) -> Result<u32, String> {
-    check_backlog(parse_number(text)?)
-}
-
-fn check_backlog(n: u32) -> Result<u32, String> {
-    if n == 0 || n > MAX_BACKLOG { Err(format!("must be between 1 and {MAX_BACKLOG}")) } else { Ok(n) }
-}
-
-/// A cap on connections (`max_connections`, `max_per_client`): a whole number from 1 to
-/// `MAX_CONNECTIONS_LIMIT`.
-pub fn parse_max_connections(text: &str) -> Result<usize, String> {
-    check_connections(parse_number(text)?)
-}
-
-fn check_connections(n: usize) -> Result<usize, String> {
-    check_count(n, MAX_CONNECTIONS_LIMIT)
-}
-
-pub fn parse_max_request(text: &str) -> Result<usize, String> {
-    check_max_request(parse_number(text)?)
-}
-
-fn check_max_request(n: usize) -> Result<usize, String> {
-    if n == 0 || n > MAX_REQUEST_LIMIT {
-        Err(format!("must be between 1 and {MAX_REQUEST_LIMIT} bytes"))
-    } else {
-        Ok(n)
-    }
-}
-
-fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.trim().parse().map_err(|_| format!("{} is not a whole number", errors::quote(text)))
-}
-
-/// A positive duration in humantime's notation: `250ms`, `5s`, `1m`, `1m 30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) => check_duration(d).map_err(|why| format!("{} {why}", errors::quote(text))),
-        Err(e) => Err(format!(
-            "{} is not a duration ({}); write it like 250ms, 5s or 1m",
-            errors::quote(text),
-            errors::shorten(&e.to_string())
-        )),
-    }
-}
-
-/// `ack` or `echo`.
-pub fn parse_mode(text: &str) -> Result<Mode, String> {
-    match text.trim() {
-        "ack" => Ok(Mode::Ack),
-        "echo" => Ok(Mode::Echo),
-        _ => Err(format!("{} is not a mode; use ack or echo", errors::quote(text))),
-    }
-}
-
-/// A reply must have at least one byte: an empty one cannot be told from a close.
-pub fn parse_reply(text: &str) -> Result<String, String> {
-    if text.is_empty() {
-        Err("must not be empty: a client could not tell an empty reply from a close".to_owned())
-    } else {
-        Ok(text.to_owned())
-    }
-}
-
-/// `stderr`, `off`, or the path of a file to append to (`./off` for a file named off).
-pub fn parse_access_log(text: &str) -> Result<AccessLog, String> {
-    match text.trim() {
-        "" => Err("must not be empty; use stderr, off or the path of a file".to_owned()),
-        "stderr" => Ok(AccessLog::Stderr),
-        "off" => Ok(AccessLog::Off),
-        _ => Ok(AccessLog::File(PathBuf::from(text))),
-    }
-}
-
-pub fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
-    text.trim().parse().map_err(|_| {
-        format!("{} is not a log level; use off, error, warn, info, debug or trace", errors::quote(text))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_like_humans_write_them() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
-        assert!(parse_duration("5").unwrap_err().contains("like 250ms"));
-        assert!(parse_duration("300000000000y").unwrap_err().contains("at most 24h"));
-    }
-
-    #[test]
-    fn counts_must_be_positive_whole_numbers() {
-        assert_eq!(parse_workers("4"), Ok(4));
-        assert_eq!(parse_workers("0").unwrap_err(), "must be at least 1");
-        assert!(parse_workers("-1").unwrap_err().contains("not a whole number"));
-        assert_eq!(parse_workers("100000000000000").unwrap_err(), "must be at most 1024");
-        assert_eq!(parse_queue("65537").unwrap_err(), "must be at most 65536");
-        assert!(parse_max_request("99999999999").unwrap_err().contains("between 1 and"));
-        assert_eq!(parse_max_connections("0").unwrap_err(), "must be at least 1");
-        assert_eq!(parse_max_connections("2000000000").unwrap_err(), "must be at most 1073741824");
-    }
-
-    #[test]
-    fn bind_takes_ipv4_ipv6_and_names() {
-        assert_eq!(parse_bind("0.0.0.0:0"), Ok(SocketAddr::from(([0, 0, 0, 0], 0))));
-        assert!(parse_bind("[::1]:8000").unwrap().is_ipv6());
-        assert!(parse_bind("localhost:8000").is_ok());
-        assert!(parse_bind("nonsense").unwrap_err().contains("expected HOST:PORT"));
-    }
-
-    #[test]
     fn every_file_key_says_what_it_wants() {
-        let wrong = |text: &str| FileConfig::parse(text).unwrap_err();
+        let wrong = |text: &str| ConfigFile::parse(text).unwrap_err();
         assert_eq!(
             wrong("workers = \"4\""),
             "line 1: workers: expected a number, like 4 (found a string: write the number without quotes)"
@@ -507,14 +423,41 @@ mod tests {
             let message = wrong(&format!("\n{key} = \"yes\""));
             assert_eq!(message, format!("line 2: {key}: expected true or false (found a string)"));
         }
-        assert_eq!(wrong("workers = -3"), "line 1: workers: must be at least 1");
-        assert_eq!(wrong("queue = 99999999999999999999999"), "line 1: queue: must be at most 65536");
         assert!(wrong("bogus = 1").starts_with("line 1: unknown key 'bogus'; the keys are bind, workers,"));
     }
 
     #[test]
+    fn numbers_out_of_range_are_kept_for_validate_to_refuse() {
+        let file = ConfigFile::parse("workers = -3\nqueue = 99999999999999999999999\nbacklog = 5000000000\n")
+            .unwrap();
+        assert_eq!(
+            (file.values.workers, file.values.queue, file.values.backlog),
+            (Some(0), Some(usize::MAX), Some(u32::MAX))
+        );
+        assert_eq!(file.lines.get("queue"), Some(&2));
+    }
+
+    #[test]
+    fn a_refused_field_is_named_where_its_value_came_from() {
+        let e = || Error::Config { field: "max_request", reason: "must be at least 1".to_owned() };
+        let file = Path::new("/etc/poolserver.toml");
+        let from_file = refused(e(), HashMap::from([("max_request", Origin::File(7))]), Some(file));
+        assert_eq!(
+            from_file.to_string(),
+            "config file /etc/poolserver.toml, line 7: max_request: must be at least 1"
+        );
+        let from_flag = refused(e(), HashMap::from([("max_request", Origin::Flag)]), Some(file)).to_string();
+        assert!(
+            from_flag.starts_with("invalid value for '--max-request <BYTES>': must be at least 1"),
+            "{from_flag}"
+        );
+        let default = refused(e(), HashMap::new(), None).to_string();
+        assert!(default.starts_with("the default max_request cannot work here"), "{default}");
+    }
+
+    #[test]
     fn every_file_key_is_read() {
-        let file = FileConfig::parse(
+        let file = ConfigFile::parse(
             "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmax_connections = 11\nmax_per_client = 2\n\
              mode = \"echo\"\nreply = \"r\"\n\
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
@@ -523,8 +466,9 @@ mod tests {
              metrics = \"127.0.0.1:9180\"\n",
         )
         .unwrap();
+        assert_eq!(file.lines.len(), KEYS.len());
         assert_eq!(
-            format!("{file:?}"),
+            format!("{:?}", file.values),
             "FileConfig { bind: Some(127.0.0.1:9), workers: Some(3), queue: Some(7), backlog: Some(9), \
              max_connections: Some(11), max_per_client: Some(2), \
              mode: Some(Echo), reply: Some(\"r\"), busy_reply: Some(\"b\"), max_request: Some(5), \
@@ -533,29 +477,5 @@ mod tests {
              reuse_port: Some(true), \
              proxy_protocol: Some(false), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
         );
-    }
-
-    #[test]
-    fn the_access_log_is_stderr_off_or_a_file() {
-        assert_eq!(parse_access_log("stderr"), Ok(AccessLog::Stderr));
-        assert_eq!(parse_access_log(" off "), Ok(AccessLog::Off));
-        assert_eq!(parse_access_log("./off"), Ok(AccessLog::File(PathBuf::from("./off"))));
-        assert!(parse_access_log(" ").unwrap_err().contains("stderr, off or the path"));
-    }
-
-    #[test]
-    fn metrics_are_an_address_or_off() {
-        assert_eq!(parse_metrics("off"), Ok(MetricsAddr(None)));
-        assert_eq!(
-            parse_metrics("127.0.0.1:9180"),
-            Ok(MetricsAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9180)))))
-        );
-        assert!(parse_metrics("on").unwrap_err().contains("expected HOST:PORT"));
-    }
-
-    #[test]
-    fn log_levels_are_named() {
-        assert_eq!(parse_log_level("WARN"), Ok(LevelFilter::Warn));
-        assert!(parse_log_level("loud").unwrap_err().contains("use off, error"));
     }
 }

@@ -33,9 +33,8 @@ use std::{
 };
 
 use log::{LevelFilter, Log, error, info, warn};
-use poolserver::Error;
 
-use crate::settings::{AccessLog, LogSettings};
+use crate::{errors::CliError, settings::LogSettings, values::AccessLog};
 use files::Output;
 use journal::{Journal, JournalOut};
 use line::{LineOut, Style};
@@ -63,9 +62,10 @@ pub struct Logs {
     access_on: bool,
 }
 
-/// Installs the global logger. Fails if a log file cannot be opened for appending.
-pub fn init(settings: &LogSettings) -> Result<Logs, Error> {
-    let io_error = |what| move |source| Error::Io { what, source };
+/// Installs the global logger. Fails if a log file cannot be opened for appending (the user's to fix), or
+/// if the system refuses a thread or a descriptor.
+pub fn init(settings: &LogSettings) -> Result<Logs, CliError> {
+    let io_error = |what| move |e: io::Error| CliError::System(format!("cannot {what}: {e}"));
     let stderr =
         File::from(io::stderr().as_fd().try_clone_to_owned().map_err(io_error("set up logging to stderr"))?);
     let journal = journal::is_journal(&stderr);
@@ -116,7 +116,7 @@ pub fn init(settings: &LogSettings) -> Result<Logs, Error> {
     };
     let max_level = router.max_level();
     log::set_boxed_logger(Box::new(router))
-        .map_err(|e| Error::Io { what: "install the logger", source: io::Error::other(e) })?;
+        .map_err(|e| CliError::System(format!("cannot install the logger: {e}")))?;
     log::set_max_level(max_level);
     Ok(Logs { sinks: logs.sinks, files: logs.files, throttle, server, level, access_on })
 }
@@ -142,11 +142,11 @@ impl Builder {
         Ok(sink)
     }
 
-    fn file(&mut self, path: &Path, what: &str, capacity: usize) -> Result<Arc<Sink<Vec<u8>>>, Error> {
+    fn file(&mut self, path: &Path, what: &str, capacity: usize) -> Result<Arc<Sink<Vec<u8>>>, CliError> {
         let output = Output::open(path)
-            .map_err(|e| Error::Config(format!("cannot open {what} {}: {e}", path.display())))?;
+            .map_err(|e| CliError::Usage(format!("cannot open {what} {}: {e}", path.display())))?;
         let sink = Sink::start(format!("{what} {}", path.display()), capacity, output)
-            .map_err(|source| Error::Io { what: "start a log writer thread", source })?;
+            .map_err(|e| CliError::System(format!("cannot start a log writer thread: {e}")))?;
         self.sinks.push(sink.clone());
         self.files.push(sink.clone());
         Ok(sink)
@@ -154,6 +154,11 @@ impl Builder {
 }
 
 impl Logs {
+    /// The server log's level now.
+    pub fn level(&self) -> LevelFilter {
+        router::level_from(self.level.load(Relaxed))
+    }
+
     /// Changes the server log's level (a reload).
     pub fn set_level(&self, level: LevelFilter) {
         self.level.store(level as usize, Relaxed);

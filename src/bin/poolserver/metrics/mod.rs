@@ -18,16 +18,19 @@ use std::{
 };
 
 use log::warn;
-use poolserver::{Error, Monitor};
+use poolserver::Monitor;
+
+use crate::errors::{self, CliError};
 
 /// Pause after a failed accept (out of file descriptors), so the thread does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds `addr` and serves the metrics of `monitor`'s server from a thread of their own, for the rest of
 /// the process. Returns the address bound (port 0 resolved).
-pub fn start(addr: SocketAddr, monitor: Monitor) -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+pub fn start(addr: SocketAddr, monitor: Monitor) -> Result<SocketAddr, CliError> {
+    let cannot_bind = |e: io::Error| CliError::System(errors::bind_failure(addr, &e));
+    let listener = TcpListener::bind(addr).map_err(cannot_bind)?;
+    let bound = listener.local_addr().map_err(cannot_bind)?;
     let registry = collector::registry(monitor);
     thread::Builder::new()
         .name("metrics".to_owned())
@@ -53,7 +56,7 @@ pub fn start(addr: SocketAddr, monitor: Monitor) -> Result<SocketAddr, Error> {
                 }
             }
         })
-        .map_err(|source| Error::Io { what: "start the metrics thread", source })?;
+        .map_err(|e| CliError::System(format!("cannot start the metrics thread: {e}")))?;
     Ok(bound)
 }
 
