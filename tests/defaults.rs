@@ -166,6 +166,36 @@ fn the_sample_config_names_every_key_with_its_default() {
 }
 
 #[test]
+fn the_options_table_in_the_docs_shows_the_defaults() {
+    let page = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let check = stdout_of(&["serve", "--check"]);
+    let mut keys = Vec::new();
+    // | flag | TOML key | environment variable | default |
+    for row in page.lines().filter(|l| l.starts_with("| `-")) {
+        let row = row.replace("\\|", "/");
+        let cells: Vec<&str> = row.split('|').map(|c| c.trim_matches([' ', '`'])).collect();
+        let ["", _, key, _, default, ""] = cells[..] else { panic!("not a row of four: {row}") };
+        if key.is_empty() || EXAMPLES.contains(&key) {
+            continue;
+        }
+        match is_default(key, default) {
+            Some(agrees) => assert!(
+                agrees,
+                "docs/configuration.md: {key} defaults to {default}; Config::default() disagrees"
+            ),
+            None => assert!(
+                check.contains(&format!("\n{key} = \"{default}\"\n")),
+                "{key}: {default} not in:\n{check}"
+            ),
+        }
+        keys.push(key.to_owned());
+    }
+    for key in accepted_keys().iter().filter(|k| !EXAMPLES.contains(&k.as_str())) {
+        assert!(keys.contains(key), "docs/configuration.md's table lacks {key}");
+    }
+}
+
+#[test]
 fn the_man_pages_show_the_defaults_and_point_only_to_pages_that_exist() {
     let dir = tempfile::tempdir().unwrap();
     stdout_of(&["generate", "man", dir.path().to_str().unwrap()]);
