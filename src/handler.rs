@@ -11,6 +11,55 @@ use std::{any::Any, borrow::Cow, net::SocketAddr};
 use crate::config::{Config, Mode};
 
 /// Builds the reply to each message of a conversation.
+///
+/// A closure from `&Message` to anything that makes a [`Reply`] is a handler without state (see
+/// [`Server`](crate::Server)). A handler with state names it as `State`: one value per conversation, made
+/// with `Default` when the connection opens. This one numbers each client's messages and ends the
+/// conversation on `bye`:
+///
+/// ```
+/// use std::{
+///     io::{BufRead, BufReader, Write},
+///     net::TcpStream,
+///     thread,
+///     time::Duration,
+/// };
+///
+/// use poolserver::{Config, Handler, Message, Reply, Server};
+///
+/// struct Numbered;
+///
+/// impl Handler for Numbered {
+///     type State = u64;
+///
+///     fn reply<'a>(&'a self, message: &Message<'a>, count: &mut u64) -> Reply<'a> {
+///         *count += 1;
+///         let text = String::from_utf8_lossy(message.bytes()).trim().to_owned();
+///         let reply = Reply::from(format!("{count}: {text}\n"));
+///         if text == "bye" { reply.then_close() } else { reply }
+///     }
+/// }
+///
+/// let mut config = Config::default();
+/// config.bind = "127.0.0.1:0".parse()?;
+/// config.keep_alive = true; // conversations: every message gets a reply until one side closes
+/// let server = Server::bind_with(config, Numbered)?;
+/// let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+/// let running = thread::spawn(move || server.run());
+///
+/// let mut client = TcpStream::connect(addr)?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// let mut replies = BufReader::new(client.try_clone()?);
+/// for (message, expected) in [("hello", "1: hello\n"), ("again", "2: again\n"), ("bye", "3: bye\n")] {
+///     client.write_all(message.as_bytes())?;
+///     let mut reply = String::new();
+///     replies.read_line(&mut reply)?;
+///     assert_eq!(reply, expected);
+/// }
+/// stop.shutdown();
+/// assert_eq!(running.join().expect("the server thread")?.messages, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// What the handler remembers for one conversation, made with `Default` when the connection opens and
     /// dropped when it closes. `()` for a handler that remembers nothing.
@@ -27,6 +76,33 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// One message: the bytes of one read of at most `max_request` bytes, and who sent it.
+///
+/// Only the server makes one; a handler reads it. Its fields are private, so it can grow without
+/// breaking a handler.
+///
+/// ```
+/// use std::{io::{Read, Write}, net::TcpStream, thread, time::Duration};
+///
+/// use poolserver::{Config, Message, Server};
+///
+/// let mut config = Config::default();
+/// config.bind = "127.0.0.1:0".parse()?;
+/// let server = Server::bind_with(config, |m: &Message<'_>| {
+///     format!("message {} from {}: {} bytes", m.number(), m.client().ip(), m.bytes().len())
+/// })?;
+/// let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+/// let running = thread::spawn(move || server.run());
+///
+/// let mut client = TcpStream::connect(addr)?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// client.write_all(b"hello")?;
+/// let mut reply = String::new();
+/// client.read_to_string(&mut reply)?;
+/// assert_eq!(reply, "message 1 from 127.0.0.1: 5 bytes");
+/// stop.shutdown();
+/// running.join().expect("the server thread")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
     bytes: &'a [u8],
@@ -40,6 +116,7 @@ impl<'a> Message<'a> {
         Message { bytes, client, peer, number }
     }
 
+    /// What the read brought: at most `max_request` bytes, not necessarily UTF-8.
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -61,6 +138,20 @@ impl<'a> Message<'a> {
 }
 
 /// The bytes to send back, and whether the conversation goes on after them.
+///
+/// It borrows what it can (a fixed reply, the message itself) and owns what it must:
+///
+/// ```
+/// use poolserver::Reply;
+///
+/// let fixed = Reply::from("信息已收到");
+/// assert_eq!(fixed.bytes(), "信息已收到".as_bytes());
+/// let built = Reply::from(format!("{} bytes", 5));
+/// assert_eq!(built.bytes(), b"5 bytes");
+/// // With keep-alive, the conversation ends after this one:
+/// let last = Reply::new(b"bye".as_slice()).then_close();
+/// assert_eq!(last.bytes(), b"bye");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Reply<'a> {
     pub(crate) bytes: Cow<'a, [u8]>,
@@ -68,6 +159,7 @@ pub struct Reply<'a> {
 }
 
 impl<'a> Reply<'a> {
+    /// A reply of these bytes, borrowed or owned; the conversation goes on after it.
     pub fn new(bytes: impl Into<Cow<'a, [u8]>>) -> Reply<'a> {
         Reply { bytes: bytes.into(), close: false }
     }
@@ -78,6 +170,7 @@ impl<'a> Reply<'a> {
         self
     }
 
+    /// The bytes that will be sent.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -127,6 +220,7 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// Answers every message with `reply`.
     pub fn new(reply: impl Into<Vec<u8>>) -> Ack {
         Ack { reply: reply.into() }
     }
@@ -155,11 +249,14 @@ impl Handler for Echo {
 /// The protocol a `Config`'s `mode` names: what `Server::bind` serves.
 #[derive(Debug, Clone)]
 pub enum Builtin {
+    /// Mode `ack`, with the config's `reply`.
     Ack(Ack),
+    /// Mode `echo`.
     Echo(Echo),
 }
 
 impl Builtin {
+    /// The protocol `config.mode` names, with `config.reply` for `ack`.
     pub fn from_config(config: &Config) -> Builtin {
         match config.mode {
             Mode::Ack => Builtin::Ack(Ack::new(config.reply.as_bytes())),

@@ -2,18 +2,19 @@
 //! many conversations at once on a fixed number of threads.
 //!
 //! The shape is deliberately simple. The main thread blocks waiting for connections and hands each accepted
-//! one over a bounded channel to a fixed pool of worker threads; a worker reads one message, writes the
-//! reply, and hands the connection on. What keeps that shape from falling over:
+//! one to a fixed pool of worker threads through a queue (a crossbeam channel whose length is checked
+//! against `queue` at each send); a worker reads one message, writes the reply, and hands the connection
+//! on. What keeps that shape from falling over:
 //!
 //! - a connection that is waiting on its client (for its first or next message, for room to write the rest
 //!   of a reply, for its leftover input to drain) never occupies a worker: it waits in the *waiting room*,
-//!   one epoll watched by idle workers and by a thread of its own, until its client is ready or its
-//!   deadline passes;
+//!   one epoll for all of them, until its client is ready or its deadline passes;
 //! - a message that finds every worker busy and the queue full gets `busy_reply` at once instead of hanging.
 //!
 //! With `keep_alive` a connection is a conversation: every message gets a reply until the client hangs up,
 //! as in the tutorial's multitasking server. The protocol is a [`Handler`]: [`Ack`] and [`Echo`] ship with
-//! the crate, a closure is one, and a handler can keep state for each conversation:
+//! the crate, a closure is one, and a handler can keep state for each conversation (this one serves on
+//! 127.0.0.1:8000 until the process is stopped; [`Server`] and [`Handler`] have examples that run whole):
 //!
 //! ```no_run
 //! use poolserver::{Config, Handler, Message, Reply, Server};
@@ -37,6 +38,8 @@
 //! let summary = server.run()?;
 //! # Ok::<(), poolserver::Error>(())
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod config;
 mod conn;

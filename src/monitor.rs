@@ -13,6 +13,28 @@ use crate::{
 };
 
 /// A handle that reads a server's numbers; cheap to clone, valid before, during and after `run`.
+///
+/// ```
+/// use std::thread;
+///
+/// use poolserver::{Config, Server};
+///
+/// let mut config = Config::default();
+/// config.bind = "127.0.0.1:0".parse()?;
+/// config.workers = 2;
+/// config.queue = 64;
+/// let server = Server::bind(config)?;
+/// let monitor = server.monitor();
+/// let before = monitor.snapshot();
+/// assert_eq!((before.workers, before.queue_capacity, before.open), (2, 64, 0));
+///
+/// let stop = server.shutdown_handle();
+/// let running = thread::spawn(move || server.run());
+/// stop.shutdown();
+/// let summary = running.join().expect("the server thread")?;
+/// assert_eq!(monitor.snapshot().summary, summary, "still readable after the run");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Monitor {
     pub(crate) current: Arc<Current>,
@@ -38,12 +60,14 @@ pub struct Snapshot {
     pub queue_capacity: usize,
     /// Workers serving a message right now.
     pub busy_workers: usize,
+    /// Worker threads in the pool.
     pub workers: usize,
     /// How long messages took, from their read to the end of their reply.
     pub service_times: ServiceHistogram,
 }
 
 impl Monitor {
+    /// The numbers now: a few atomic loads.
     pub fn snapshot(&self) -> Snapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let service = self.current.get();

@@ -46,6 +46,38 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const FULL_TICK: Duration = Duration::from_millis(20);
 
 /// A server with its listening socket, ready to `run`.
+///
+/// Make one with [`Server::bind`] (the built-in protocol `config.mode` names), [`Server::bind_with`] (your
+/// [`Handler`]; a closure is one), [`Server::from_listener`] or [`Server::from_systemd`]; every one checks
+/// the [`Config`] first. [`Server::run`] serves until a [`ShutdownHandle`] asks it to stop, from any
+/// thread, then drains and returns the [`Summary`]:
+///
+/// ```
+/// use std::{io::{Read, Write}, net::TcpStream, thread, time::Duration};
+///
+/// use poolserver::{Config, Message, Server};
+///
+/// let mut config = Config::default();
+/// config.bind = "127.0.0.1:0".parse()?; // port 0: a free port
+/// config.workers = 2;
+/// let server = Server::bind_with(config, |m: &Message<'_>| m.bytes().to_ascii_uppercase())?;
+/// let addr = server.local_addr();
+/// let stop = server.shutdown_handle();
+/// let running = thread::spawn(move || server.run());
+///
+/// // The tutorial's client: connect, send, read the reply until the server closes.
+/// let mut client = TcpStream::connect(addr)?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// client.write_all(b"hello")?;
+/// let mut reply = Vec::new();
+/// client.read_to_end(&mut reply)?;
+/// assert_eq!(reply, b"HELLO");
+///
+/// stop.shutdown(); // from any thread, any number of times
+/// let summary = running.join().expect("the server thread")?;
+/// assert_eq!((summary.connections, summary.served), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Server {
     config: Config,
     current: Arc<Current>,
@@ -76,6 +108,8 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Asks the server to stop accepting and drain; returns at once. `Server::run` returns when the drain
+    /// is over.
     pub fn shutdown(&self) {
         self.requested.store(true, SeqCst);
     }
@@ -177,6 +211,7 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// A handle that stops the server from any thread (see the example on [`Server`]).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()
     }

@@ -183,7 +183,31 @@ impl Drop for Open {
     }
 }
 
-/// What a server did over its life, as logged when it stops.
+/// What a server did over its life, as logged when it stops: [`Server::run`](crate::Server::run) returns
+/// it, and a [`Monitor`](crate::Monitor) reads it while the server runs.
+///
+/// ```
+/// use std::{io::{Read, Write}, net::TcpStream, thread, time::Duration};
+///
+/// use poolserver::{Config, Server};
+///
+/// let mut config = Config::default();
+/// config.bind = "127.0.0.1:0".parse()?;
+/// let server = Server::bind(config)?;
+/// let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+/// let running = thread::spawn(move || server.run());
+/// for _ in 0..2 {
+///     let mut client = TcpStream::connect(addr)?;
+///     client.set_read_timeout(Some(Duration::from_secs(10)))?;
+///     client.write_all(b"hello")?;
+///     client.read_to_end(&mut Vec::new())?;
+/// }
+/// stop.shutdown();
+/// let summary = running.join().expect("the server thread")?;
+/// assert_eq!((summary.connections, summary.messages, summary.served, summary.errors), (2, 2, 2, 0));
+/// assert!(summary.to_string().starts_with("served 2, busy 0"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
