@@ -6,7 +6,7 @@ use std::{
     io::Write,
     net::TcpListener,
     process::{Output, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -59,6 +59,62 @@ fn send_to_a_closed_port_fails_with_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("cannot connect to {addr}: Connection refused")), "{stderr}");
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn send_to_a_keep_alive_server_prints_the_reply_and_says_so_before_its_timeout() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--keep-alive"]);
+    let started = Instant::now();
+    let output = run(&["send", "--addr", &server.addr.to_string(), "--timeout", "10s", "hello"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), REPLY);
+    assert!(
+        stderr.contains("kept the connection open") && stderr.contains("'poolserver send --keep-alive'"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "waited out the timeout: {:?}", started.elapsed());
+}
+
+#[test]
+fn send_keep_alive_to_a_one_shot_server_says_the_conversation_was_cut_short() {
+    let server = Server::start(&["--bind", "127.0.0.1:0"]);
+    let mut child = support::Guarded(
+        command(&["send", "--keep-alive", "--addr", &server.addr.to_string(), "-"], &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    child.0.stdin.take().unwrap().write_all(b"one\ntwo\n").unwrap();
+    let output = support::finish(child, WAIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), REPLY, "the first reply is printed");
+    assert!(stderr.contains("after 1 reply") && stderr.contains("send without --keep-alive"), "{stderr}");
+}
+
+#[test]
+fn stress_against_a_keep_alive_server_says_so_and_fails() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--keep-alive"]);
+    let (output, json) = stress_json(&server.addr.to_string(), &["--clients", "1", "--requests", "2"]);
+    assert_eq!(output.status.code(), Some(1), "{json}");
+    assert_eq!((json["ok"].as_u64(), json["errors"]["kept_open"].as_u64()), (Some(0), Some(2)), "{json}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("holds conversations") && stderr.contains("--messages"), "{stderr}");
+}
+
+#[test]
+fn conversations_cut_short_by_a_one_shot_server_are_failures() {
+    let server = Server::start(&["--bind", "127.0.0.1:0"]);
+    let (output, json) =
+        stress_json(&server.addr.to_string(), &["--clients", "2", "--requests", "6", "--messages", "5"]);
+    assert_eq!(output.status.code(), Some(1), "{json}");
+    assert_eq!(json["ok"], 0, "{json}");
+    assert_eq!((json["failed"].as_u64(), json["errors"]["cut_short"].as_u64()), (Some(6), Some(6)), "{json}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("one message per connection"), "{stderr}");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! multitasking tutorial's conversation (connect; send and receive, again and again; close). Every step is
 //! bounded in time and the reply in size, and a failure says which step failed and how, in words a load
 //! report can count.
+//!
+//! A client in the wrong mode is told so, not left to time out: a one-shot exchange whose server goes
+//! quiet after a reply without closing is talking to a `--keep-alive` server (`KeptOpen`), and a
+//! conversation the server closes after a reply is talking to a one-shot server (`CutShort`).
 
 use crate::cli::SendArgs;
 use std::{
@@ -27,6 +31,12 @@ pub enum FailureKind {
     Busy,
     /// No local port or address was free for the connection (too many in TIME_WAIT, say).
     AddrNotAvailable,
+    /// A one-shot exchange got its reply, and then the server kept the connection open: it holds
+    /// conversations (`--keep-alive`).
+    KeptOpen,
+    /// A conversation got some replies, and then the server closed it: it answers one message per
+    /// connection (no `--keep-alive`).
+    CutShort,
     /// Anything else.
     Other,
 }
@@ -41,6 +51,8 @@ impl FailureKind {
             FailureKind::WrongReply => "wrong_reply",
             FailureKind::Busy => "busy",
             FailureKind::AddrNotAvailable => "addr_not_available",
+            FailureKind::KeptOpen => "kept_open",
+            FailureKind::CutShort => "cut_short",
             FailureKind::Other => "other",
         }
     }
@@ -73,6 +85,11 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// After the first bytes of a reply, how long a one-shot exchange waits for more (or for the close)
+/// before it takes the reply as whole and the server as one that keeps connections open. A server that
+/// closes after its reply sends the FIN right behind it.
+const QUIET: Duration = Duration::from_secs(1);
+
 /// One exchange with a server.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -84,7 +101,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Sends `message` and reads the reply into `reply` (cleared first) until the server closes.
+    /// Sends `message` and reads the reply into `reply` (cleared first) until the server closes. A server
+    /// that sends a reply and then stays quiet for `QUIET` (or the timeout, if shorter) without closing is
+    /// a `KeptOpen` failure, with the reply in `reply`.
     pub fn run(&self, message: &[u8], reply: &mut Vec<u8>) -> Result<(), Failure> {
         reply.clear();
         let started = Instant::now();
@@ -104,9 +123,26 @@ impl Exchange {
 
         let mut chunk = [0; 16 * 1024];
         loop {
-            let n = stream.read(&mut chunk).map_err(|e| fail("no complete reply from", e))?;
+            let n = match stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if !reply.is_empty() && is_timeout(&e) => {
+                    return Err(Failure {
+                        kind: FailureKind::KeptOpen,
+                        detail: format!(
+                            "{} sent a reply and kept the connection open: it holds conversations (--keep-alive)",
+                            self.addr
+                        ),
+                    });
+                }
+                Err(e) => return Err(fail("no complete reply from", e)),
+            };
             if n == 0 {
                 break;
+            }
+            if reply.is_empty() {
+                stream
+                    .set_read_timeout(Some(QUIET.min(self.timeout)))
+                    .map_err(|e| fail("cannot configure the socket for", e))?;
             }
             if reply.len() + n > self.max_reply {
                 return Err(Failure {
@@ -136,6 +172,8 @@ impl Exchange {
 pub struct Conversation {
     stream: TcpStream,
     addr: SocketAddr,
+    /// Replies received so far.
+    replies: u64,
 }
 
 impl Conversation {
@@ -150,7 +188,7 @@ impl Conversation {
         stream.set_write_timeout(Some(timeout)).map_err(|e| fail("cannot configure the socket for", e))?;
         // Lockstep messages are small: send each at once rather than wait for the previous reply's ACK.
         stream.set_nodelay(true).map_err(|e| fail("cannot configure the socket for", e))?;
-        Ok(Conversation { stream, addr })
+        Ok(Conversation { stream, addr, replies: 0 })
     }
 
     /// Sends `message` and reads its reply into `reply` (cleared first): `expected` bytes, or fewer when
@@ -170,12 +208,30 @@ impl Conversation {
         }
         reply.truncate(got);
         if got == 0 {
-            return Err(Failure {
+            return Err(self.closed());
+        }
+        self.replies += 1;
+        Ok(())
+    }
+
+    /// The server closed before replying: at the start, a wrong reply; after some replies, a server that
+    /// does not hold conversations.
+    fn closed(&self) -> Failure {
+        match self.replies {
+            0 => Failure {
                 kind: FailureKind::WrongReply,
                 detail: format!("{} closed the conversation without replying", self.addr),
-            });
+            },
+            n => Failure {
+                kind: FailureKind::CutShort,
+                detail: format!(
+                    "{} closed the conversation after {n} repl{}: it answers one message per connection \
+                     (it runs without --keep-alive)",
+                    self.addr,
+                    if n == 1 { "y" } else { "ies" }
+                ),
+            },
         }
-        Ok(())
     }
 
     /// Sends one message and returns what one read brings back, as the tutorial's `recv` does: a reply
@@ -185,11 +241,9 @@ impl Conversation {
         let mut chunk = [0; 64 * 1024];
         let n = self.stream.read(&mut chunk).map_err(|e| self.fail("no reply from", &e))?;
         if n == 0 {
-            return Err(Failure {
-                kind: FailureKind::WrongReply,
-                detail: format!("{} closed the conversation without replying", self.addr),
-            });
+            return Err(self.closed());
         }
+        self.replies += 1;
         reply.extend_from_slice(&chunk[..n]);
         Ok(())
     }
@@ -232,8 +286,20 @@ pub fn send(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     };
     let exchange = Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT };
     let mut reply = Vec::new();
-    exchange.run(&message, &mut reply).map_err(|failure| failure.detail)?;
-    output.write_all(&reply).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
+    let kept_open = match exchange.run(&message, &mut reply) {
+        Ok(()) => None,
+        // The reply is whole; the server is only in the other mode.
+        Err(failure) if failure.kind == FailureKind::KeptOpen => Some(failure.detail),
+        Err(failure) => return Err(failure.detail),
+    };
+    output
+        .write_all(&reply)
+        .and_then(|()| output.flush())
+        .map_err(|e| format!("cannot write the reply: {e}"))?;
+    if let Some(detail) = kept_open {
+        eprintln!("poolserver send: {detail}; to hold a conversation, use 'poolserver send --keep-alive'");
+    }
+    Ok(())
 }
 
 /// `poolserver send --keep-alive`: one conversation, one message per argument or (`-`) per line of `input`,
@@ -243,7 +309,10 @@ fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     let mut reply = Vec::new();
     let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
         reply.clear();
-        conversation.ask_once(message, &mut reply).map_err(|f| f.detail)?;
+        conversation.ask_once(message, &mut reply).map_err(|f| match f.kind {
+            FailureKind::CutShort => format!("{}; send without --keep-alive", f.detail),
+            _ => f.detail,
+        })?;
         output
             .write_all(&reply)
             .and_then(|()| output.flush())
@@ -269,10 +338,12 @@ fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     output.write_all(&rest).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
 }
 
+/// Whether a socket read or write ran out of time (a timeout shows as `WouldBlock` on Linux).
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
 /// `Resource temporarily unavailable` is what a socket read timeout looks like; say what it means.
 fn describe(error: &io::Error) -> String {
-    match error.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_owned(),
-        _ => error.to_string(),
-    }
+    if is_timeout(error) { "timed out".to_owned() } else { error.to_string() }
 }

@@ -7,6 +7,9 @@
 //! single-client tutorial), conversations of `--messages N` back to back (the multitasking tutorial), and
 //! `--held K` conversations kept open all run, each sending at a set interval, spread over the threads.
 //! Optional idle connections send nothing for the whole run, to show how the server treats silent clients.
+//!
+//! A run against a server in the other mode (one-shot clients against `--keep-alive`, conversations against
+//! a one-shot server) says so on stderr at its first such failure, and the report says it again.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -202,6 +205,9 @@ impl Report {
                 out += &format!("errors       {} {count} (first: {first})\n", kind.name());
             }
         }
+        for hint in self.errors.keys().filter_map(|kind| mode_hint(*kind)) {
+            out += &format!("hint         {hint}\n");
+        }
         if self.idle.held > 0 {
             out += &format!(
                 "idle         {} held: {} closed by the server, {} reset, {} got data, {} still open\n",
@@ -216,27 +222,46 @@ impl Report {
     }
 }
 
-const ALL_KINDS: [FailureKind; 7] = [
+const ALL_KINDS: [FailureKind; 9] = [
     FailureKind::Refused,
     FailureKind::Reset,
     FailureKind::Timeout,
     FailureKind::WrongReply,
     FailureKind::Busy,
     FailureKind::AddrNotAvailable,
+    FailureKind::KeptOpen,
+    FailureKind::CutShort,
     FailureKind::Other,
 ];
 
+/// What to do about a failure that means the server runs in the other mode.
+fn mode_hint(kind: FailureKind) -> Option<&'static str> {
+    match kind {
+        FailureKind::KeptOpen => Some(
+            "the server holds conversations (--keep-alive): give stress --messages N (N > 1) or --held K, \
+             or start the server without --keep-alive",
+        ),
+        FailureKind::CutShort => Some(
+            "the server answers one message per connection (no --keep-alive): run stress without --messages \
+             and --held, or start the server with --keep-alive",
+        ),
+        _ => None,
+    }
+}
+
 /// One client thread's counts, merged into the report at the end.
-struct Tally {
+struct Tally<'a> {
     ok: u64,
     messages: u64,
     errors: BTreeMap<FailureKind, u64>,
     first_errors: BTreeMap<FailureKind, String>,
     latency: Histogram<u64>,
+    /// Shared by the run's threads: whether the server's mode has been pointed out on stderr yet.
+    told: &'a AtomicBool,
 }
 
-impl Tally {
-    fn new() -> Tally {
+impl<'a> Tally<'a> {
+    fn new(told: &'a AtomicBool) -> Tally<'a> {
         Tally {
             ok: 0,
             messages: 0,
@@ -244,6 +269,7 @@ impl Tally {
             first_errors: BTreeMap::new(),
             // 1 µs to 10 minutes at three significant digits.
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            told,
         }
     }
 
@@ -296,11 +322,16 @@ impl Tally {
     }
 
     fn fail(&mut self, failure: Failure) {
+        if let Some(hint) = mode_hint(failure.kind)
+            && !self.told.swap(true, Relaxed)
+        {
+            eprintln!("poolserver stress: {hint}");
+        }
         *self.errors.entry(failure.kind).or_default() += 1;
         self.first_errors.entry(failure.kind).or_insert(failure.detail);
     }
 
-    fn merge(&mut self, other: Tally) {
+    fn merge(&mut self, other: Tally<'_>) {
         self.ok += other.ok;
         self.messages += other.messages;
         for (kind, count) in other.errors {
@@ -326,17 +357,19 @@ pub fn run(plan: Plan, progress: bool) -> Report {
     let issued = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let finished = AtomicBool::new(false);
+    let told = AtomicBool::new(false);
 
-    let mut total = Tally::new();
+    let mut total = Tally::new(&told);
     thread::scope(|scope| {
         let clients: Vec<_> = (0..plan.clients)
             .map(|thread| {
-                let (plan, issued, done) = (&plan, &issued, &done);
+                let (plan, issued, done, told) = (&plan, &issued, &done, &told);
                 scope.spawn(move || {
+                    let tally = Tally::new(told);
                     if plan.held > 0 {
-                        hold_conversations(plan, thread, deadline, done)
+                        hold_conversations(plan, thread, deadline, done, tally)
                     } else {
-                        client_loop(plan, deadline, issued, done)
+                        client_loop(plan, deadline, issued, done, tally)
                     }
                 })
             })
@@ -366,8 +399,13 @@ pub fn run(plan: Plan, progress: bool) -> Report {
     report
 }
 
-fn client_loop(plan: &Plan, deadline: Instant, issued: &AtomicU64, done: &AtomicU64) -> Tally {
-    let mut tally = Tally::new();
+fn client_loop<'a>(
+    plan: &Plan,
+    deadline: Instant,
+    issued: &AtomicU64,
+    done: &AtomicU64,
+    mut tally: Tally<'a>,
+) -> Tally<'a> {
     let mut reply = Vec::with_capacity(plan.expect.len().max(64));
     loop {
         if let Limit::Requests(n) = plan.limit
@@ -401,7 +439,7 @@ fn client_loop(plan: &Plan, deadline: Instant, issued: &AtomicU64, done: &Atomic
 
 /// One conversation of `messages` lockstep messages, then a clean close; cut short (and still closed
 /// cleanly) when the run's `deadline` comes first, so that a long conversation cannot overrun the run.
-fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally, reply: &mut Vec<u8>) {
+fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally<'_>, reply: &mut Vec<u8>) {
     let mut conversation = match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
         Ok(conversation) => conversation,
         Err(failure) => return tally.fail(failure),
@@ -420,8 +458,13 @@ fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally, re
 /// One thread's share of the `--held` conversations: opened at the start, each sending one message every
 /// `interval` (their first sends spread over one interval), closed cleanly at the end. A conversation that
 /// fails is counted and dropped.
-fn hold_conversations(plan: &Plan, thread: usize, deadline: Instant, done: &AtomicU64) -> Tally {
-    let mut tally = Tally::new();
+fn hold_conversations<'a>(
+    plan: &Plan,
+    thread: usize,
+    deadline: Instant,
+    done: &AtomicU64,
+    mut tally: Tally<'a>,
+) -> Tally<'a> {
     let mut reply = Vec::with_capacity(plan.expect.len().max(64));
     let share = (thread..plan.held).step_by(plan.clients).count();
     let started = Instant::now();
@@ -485,20 +528,93 @@ fn check_idle(idle: Vec<io::Result<TcpStream>>, report: &mut Report) -> IdleRepo
     result
 }
 
+/// What the progress bar counts: one-shot connections, conversations, or (with `--held`) messages.
+fn unit(plan: &Plan) -> &'static str {
+    if plan.held > 0 {
+        "messages"
+    } else if plan.messages > 1 {
+        "conversations"
+    } else {
+        "connections"
+    }
+}
+
+/// The bar's length, position and label after `elapsed` with `count` done: a `--requests` run fills with
+/// the count, a `--duration` run with the time (in milliseconds).
+fn progress(plan: &Plan, elapsed: Duration, count: u64) -> (u64, u64, String) {
+    let rate = count as f64 / elapsed.as_secs_f64().max(1e-3);
+    let label = format!("{count} {} ({rate:.0}/s)", unit(plan));
+    match plan.limit {
+        Limit::Requests(n) => (n, count.min(n), label),
+        Limit::Duration(d) => {
+            let total = d.min(MAX_RUN).as_millis() as u64;
+            (total, (elapsed.as_millis() as u64).min(total), label)
+        }
+    }
+}
+
 fn show_progress(plan: &Plan, started: Instant, done: &AtomicU64, finished: &AtomicBool) {
-    let bar = match plan.limit {
-        Limit::Requests(n) => ProgressBar::new(n),
-        Limit::Duration(_) => ProgressBar::new_spinner(),
-    };
+    let bar = ProgressBar::new(1);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos} conns {msg}")
+        ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     while !finished.load(Relaxed) {
-        let count = done.load(Relaxed);
-        bar.set_position(count);
-        bar.set_message(format!("{:.0} conn/s", count as f64 / started.elapsed().as_secs_f64().max(1e-3)));
+        let (length, position, label) = progress(plan, started.elapsed(), done.load(Relaxed));
+        bar.set_length(length);
+        bar.set_position(position);
+        bar.set_message(label);
         thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn plan(limit: Limit, messages: u64, held: usize) -> Plan {
+        Plan {
+            exchange: Exchange {
+                addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+                timeout: Duration::from_secs(5),
+                max_reply: 64,
+            },
+            clients: 1,
+            limit,
+            message: b"hello".to_vec(),
+            expect: b"ok".to_vec(),
+            busy: b"busy".to_vec(),
+            idle: 0,
+            messages,
+            held,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_duration_run_fills_its_bar_with_time() {
+        let run = plan(Limit::Duration(Duration::from_secs(10)), 1, 0);
+        let (length, position, label) = progress(&run, Duration::from_secs(4), 400);
+        assert_eq!((length, position), (10_000, 4_000));
+        assert_eq!(label, "400 connections (100/s)");
+        assert_eq!(progress(&run, Duration::from_secs(11), 0).1, 10_000, "never past the end");
+    }
+
+    #[test]
+    fn a_requests_run_fills_its_bar_with_the_count() {
+        let (length, position, _) = progress(&plan(Limit::Requests(50), 1, 0), Duration::from_secs(1), 20);
+        assert_eq!((length, position), (50, 20));
+    }
+
+    #[test]
+    fn the_bar_names_what_it_counts() {
+        let label =
+            |messages, held| progress(&plan(Limit::Requests(9), messages, held), Duration::from_secs(1), 3).2;
+        assert_eq!(label(1, 0), "3 connections (3/s)");
+        assert_eq!(label(5, 0), "3 conversations (3/s)");
+        assert_eq!(label(1, 100), "3 messages (3/s)");
+    }
 }
