@@ -149,3 +149,26 @@ fn the_check_output_in_the_docs_is_what_check_prints() {
     let printed: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(shown, printed, "docs/configuration.md shows another `poolserver {args}`");
 }
+
+#[test]
+fn the_socket_units_backlog_in_the_docs_is_the_units_and_the_default() {
+    let unit = fs::read_to_string(Path::new(ROOT).join("config/poolserver.socket")).unwrap();
+    let backlog =
+        unit.lines().find_map(|l| l.strip_prefix("Backlog=")).expect("Backlog= in poolserver.socket");
+    assert_eq!(
+        backlog,
+        poolserver::Config::default().backlog.to_string(),
+        "the unit's backlog is the default"
+    );
+    let mut mentioned = 0;
+    for page in pages() {
+        let text = fs::read_to_string(&page).unwrap();
+        for (at, _) in text.match_indices("Backlog=") {
+            let value: String =
+                text[at + "Backlog=".len()..].chars().take_while(char::is_ascii_digit).collect();
+            assert_eq!(value, backlog, "{} says Backlog={value}; the unit has {backlog}", page.display());
+            mentioned += 1;
+        }
+    }
+    assert!(mentioned >= 1, "no page mentions the unit's Backlog=");
+}
