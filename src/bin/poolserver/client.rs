@@ -85,10 +85,10 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// After the first bytes of a reply, how long a one-shot exchange waits for more (or for the close)
-/// before it takes the reply as whole and the server as one that keeps connections open. A server that
-/// closes after its reply sends the FIN right behind it.
-const QUIET: Duration = Duration::from_secs(1);
+/// After the first bytes of a reply, how long `send` waits for more (or for the close) before it takes the
+/// reply as whole and the server as one that keeps connections open. A server that closes after its reply
+/// sends the FIN right behind it; a person should not wait long for what they came for.
+const SEND_QUIET: Duration = Duration::from_secs(1);
 
 /// One exchange with a server.
 #[derive(Debug, Clone)]
@@ -98,12 +98,15 @@ pub struct Exchange {
     pub timeout: Duration,
     /// Replies longer than this are a failure rather than a memory hazard.
     pub max_reply: usize,
+    /// After the first bytes of the reply, how long a silence (no more bytes, no close) may last before
+    /// the server is taken for one that keeps the connection open (`KeptOpen`). At most `timeout`.
+    pub quiet: Duration,
 }
 
 impl Exchange {
     /// Sends `message` and reads the reply into `reply` (cleared first) until the server closes. A server
-    /// that sends a reply and then stays quiet for `QUIET` (or the timeout, if shorter) without closing is
-    /// a `KeptOpen` failure, with the reply in `reply`.
+    /// that sends a reply and then stays quiet for `quiet` without closing is a `KeptOpen` failure, with the
+    /// reply in `reply`.
     pub fn run(&self, message: &[u8], reply: &mut Vec<u8>) -> Result<(), Failure> {
         reply.clear();
         let started = Instant::now();
@@ -141,7 +144,7 @@ impl Exchange {
             }
             if reply.is_empty() {
                 stream
-                    .set_read_timeout(Some(QUIET.min(self.timeout)))
+                    .set_read_timeout(Some(self.quiet.min(self.timeout)))
                     .map_err(|e| fail("cannot configure the socket for", e))?;
             }
             if reply.len() + n > self.max_reply {
@@ -284,7 +287,8 @@ pub fn send(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     } else {
         args.message.clone().into_bytes()
     };
-    let exchange = Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT };
+    let exchange =
+        Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT, quiet: SEND_QUIET };
     let mut reply = Vec::new();
     let kept_open = match exchange.run(&message, &mut reply) {
         Ok(()) => None,

@@ -80,6 +80,9 @@ impl Plan {
                 addr: args.addr,
                 timeout: args.timeout,
                 max_reply: expect.len().max(busy.len()) + 64 * 1024,
+                // A loaded server may be slow to close; only a whole timeout of silence after the reply
+                // counts as kept open.
+                quiet: args.timeout,
             },
             clients: args.clients as usize,
             limit,
@@ -581,6 +584,7 @@ mod tests {
                 addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
                 timeout: Duration::from_secs(5),
                 max_reply: 64,
+                quiet: Duration::from_secs(5),
             },
             clients: 1,
             limit,
