@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fs, time::Duration};
 
 use poolserver::{
     Config,
-    config::{MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS},
+    config::{MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_DURATION, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS},
 };
 use support::{WAIT, accepted_keys, command, output};
 
@@ -193,6 +193,26 @@ fn the_options_table_in_the_docs_shows_the_defaults() {
     for key in accepted_keys().iter().filter(|k| !EXAMPLES.contains(&k.as_str())) {
         assert!(keys.contains(key), "docs/configuration.md's table lacks {key}");
     }
+}
+
+#[test]
+fn the_ranges_the_docs_and_the_sample_name_are_the_librarys() {
+    // Read with every run of white space as one space, so that a reflowed line still matches.
+    let read = |path: &str| {
+        let text = fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let (page, sample) = (read("docs/configuration.md"), read("config/poolserver.toml"));
+    for (text, said) in [
+        (&page, format!("`workers` is 1 to {MAX_WORKERS} and `queue` 1 to {MAX_QUEUE}")),
+        (&page, format!("Both are 1 to {MAX_CONNECTIONS_LIMIT}")),
+        (&page, format!("`max_request` is 1 to 16 MiB ({MAX_REQUEST_LIMIT})")),
+        (&page, format!("at most `{}h`", MAX_DURATION.as_secs() / 3600)),
+        (&sample, format!("(1 to {MAX_REQUEST_LIMIT})")),
+    ] {
+        assert!(text.contains(&said), "the docs or the sample no longer say {said:?}");
+    }
+    assert_eq!(MAX_REQUEST_LIMIT, 16 << 20, "the docs say 16 MiB");
 }
 
 #[test]
