@@ -38,24 +38,26 @@
 //! # Ok::<(), poolserver::Error>(())
 //! ```
 
+mod books;
 pub mod config;
 mod conn;
-mod epoll;
 mod error;
 mod handler;
+mod idle;
 mod limits;
 mod listener;
 mod monitor;
+mod poller;
 mod pool;
 mod preview;
 mod proxy;
+mod room;
 mod server;
 mod service;
 mod stats;
 mod stop;
 mod sys;
 mod systemd;
-mod waiting;
 
 pub use config::{Config, Mode};
 pub use error::Error;

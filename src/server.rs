@@ -33,7 +33,7 @@ use crate::{
     monitor::Monitor,
     pool::Pool,
     service::{Current, Service},
-    stats::{Gauges, Open, OpenCount, Summary},
+    stats::{Gauges, OpenCount, Summary, Tally},
     stop::{Closing, HALF_OPEN_WAIT},
     sys,
     systemd::{self, Notifier},
@@ -252,6 +252,7 @@ impl Server {
             notifier.stopping(&format!("stopping: draining {} open connections", pool.open_connections()));
         }
         let stop_began = Instant::now();
+        pool.begin_stop();
         let inherited = self.listener.is_inherited();
         if !inherited {
             self.take_in_the_last(&pool, &open, self.max_connections);
@@ -329,8 +330,8 @@ impl Server {
     fn dispatch(&mut self, pool: &Pool, open: &Arc<OpenCount>, stream: TcpStream, peer: SocketAddr) {
         self.last_id += 1;
         let service = self.current.get();
-        service.stats.accepted();
-        pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &service), &service);
+        let tally = Tally::new(open, &service.stats);
+        pool.dispatch(Conn::new(stream, peer, self.last_id, tally, &service), &service);
     }
 
     /// Applies a reloaded configuration: a new service for every next step, the pool resized. What needs a

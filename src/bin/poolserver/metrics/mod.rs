@@ -63,6 +63,7 @@ mod tests {
         io::{Read, Write},
         net::TcpStream,
         thread,
+        time::Instant,
     };
 
     use crossbeam_channel::{Receiver, Sender};
@@ -108,8 +109,16 @@ mod tests {
         let mut reply = Vec::new();
         turned_away.read_to_end(&mut reply).expect("the busy reply");
         assert_eq!(reply, b"busy");
-
-        let page = scrape(metrics, WAIT).expect("a scrape while the pool is full");
+        // An ending is counted when its connection closes: the server lingers until the client closes too.
+        drop(turned_away);
+        let deadline = Instant::now() + WAIT;
+        let page = loop {
+            let page = scrape(metrics, WAIT).expect("a scrape while the pool is full");
+            if page.get("poolserver_busy_total") == Ok(1.0) || Instant::now() >= deadline {
+                break page;
+            }
+            thread::yield_now();
+        };
         assert_eq!(page.get("poolserver_busy_workers"), Ok(1.0));
         assert_eq!(page.get("poolserver_workers"), Ok(1.0));
         assert_eq!(page.get("poolserver_queued_connections"), Ok(1.0));
