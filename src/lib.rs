@@ -38,6 +38,8 @@
 //! # Ok::<(), poolserver::Error>(())
 //! ```
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod books;
 pub mod config;
 mod conn;

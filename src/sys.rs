@@ -59,8 +59,8 @@ pub(crate) fn synack_retransmits(fd: BorrowedFd<'_>) -> u32 {
 /// The process's soft limit on open file descriptors (RLIMIT_NOFILE); `None` when it is unlimited or
 /// cannot be read.
 pub(crate) fn fd_limit() -> Option<u64> {
-    // SAFETY: getrlimit writes one rlimit struct, which lives on this stack frame.
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct, which lives on this stack frame.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
     (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }

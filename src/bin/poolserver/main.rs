@@ -1,6 +1,8 @@
 //! The `poolserver` command: parse the command line, set up logging, run the subcommand, map the outcome to
 //! an exit code (0 success, 1 runtime failure, 2 usage or configuration error).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::{
     io::{self, IsTerminal},
     net::SocketAddr,
