@@ -320,7 +320,7 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
     let Some(Rare { preamble: Preamble::ProxyHeader(received), .. }) = conn.rare.as_deref_mut() else {
         return Header::Read(conn);
     };
-    Header::Then(match proxy::read_header(&conn.stream, received) {
+    Header::Then(match proxy::read_header(&conn.stream, received, conn.peer, service.proxy_from.as_deref()) {
         HeaderRead::More => waiting_for_message(conn, service),
         HeaderRead::Done { source, rest } => {
             let rare = conn.rare_mut();
@@ -333,6 +333,8 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
             info!(target: "access", "{conn} closed the connection without sending a PROXY header");
             ended(service, Ending::HungUp)
         }
+        // A peer not in proxy_from: proxy::read_header logged it (throttled).
+        HeaderRead::Refused => ended(service, Ending::Error),
         HeaderRead::Failed(reason) => {
             warn!(target: "access", "{}: PROXY protocol error: {reason}; closed", conn.peer);
             ended(service, Ending::Error)

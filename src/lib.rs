@@ -38,6 +38,7 @@
 //! # Ok::<(), poolserver::Error>(())
 //! ```
 
+mod cidr;
 pub mod config;
 mod conn;
 mod epoll;
@@ -57,6 +58,7 @@ mod sys;
 mod systemd;
 mod waiting;
 
+pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Mode};
 pub use error::Error;
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};

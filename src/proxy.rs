@@ -4,13 +4,26 @@
 //! Parsing is the ppp crate's. This module bounds it: the header must be a prefix of a PROXY header from its
 //! first byte, complete within `MAX_HEADER` bytes, and it is read without blocking, so a client that sends
 //! garbage, too much or too little never costs more than its read timeout in the waiting room.
+//!
+//! It also decides whom to believe. With `proxy_from`, a connection from a peer outside those ranges is
+//! refused as soon as its first bytes arrive, header or not: it is closed without a reply and counted as an
+//! error. Serving it as its real peer instead was the other choice; refusing is louder. A balancer missing
+//! from the list shows at once as refusals instead of as clients all named after the balancer (sharing one
+//! `max_per_client` quota), and a client that forges headers learns nothing and gets nothing. The refusals
+//! are logged at most once a second per address family, each line with the count since the last, so a
+//! flood of them cannot flood the log.
 
 use std::{
     io::{self, Read},
     net::{SocketAddr, TcpStream},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
+use log::warn;
 use ppp::{PartialResult, v1, v2};
+
+use crate::cidr::{self, Cidr};
 
 /// The longest header we accept. v1 is at most 107 bytes; HAProxy's v2 headers are 28 (IPv4) or 52 (IPv6)
 /// bytes plus any TLVs it was told to add.
@@ -114,12 +127,20 @@ pub(crate) enum HeaderRead {
     Closed,
     /// A protocol error: the connection must be closed.
     Failed(String),
+    /// The peer is not one whose headers are believed (`proxy_from`); already logged, it must be closed.
+    Refused,
     /// The socket failed.
     Io(io::Error),
 }
 
-/// Reads what is available (without blocking) onto `received` and parses it.
-pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderRead {
+/// Reads what is available (without blocking) onto `received` and parses it, if `peer` is in `trusted`
+/// (`None`: everyone is).
+pub(crate) fn read_header(
+    stream: &TcpStream,
+    received: &mut Vec<u8>,
+    peer: SocketAddr,
+    trusted: Option<&[Cidr]>,
+) -> HeaderRead {
     let start = received.len();
     received.resize(MAX_HEADER, 0);
     let result = (&*stream).read(&mut received[start..]);
@@ -127,6 +148,10 @@ pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderR
     match result {
         Ok(0) if start == 0 => HeaderRead::Closed,
         Ok(0) => HeaderRead::Failed("closed before sending a complete PROXY header".to_owned()),
+        Ok(_) if trusted.is_some_and(|ranges| !cidr::any_contains(ranges, peer.ip())) => {
+            log_refusal(peer);
+            HeaderRead::Refused
+        }
         Ok(_) => match parse(received) {
             Parsed::Complete { source, len } => HeaderRead::Done { source, rest: received[len..].to_vec() },
             Parsed::Incomplete => HeaderRead::More,
@@ -134,6 +159,40 @@ pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderR
         },
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => HeaderRead::More,
         Err(e) => HeaderRead::Io(e),
+    }
+}
+
+/// Refusals logged at most once per `REFUSAL_LOG_EVERY` for each address family.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// For one address family: when a refusal was last logged, and how many were not logged since.
+struct RefusalLog(Mutex<(Option<Instant>, u64)>);
+
+static REFUSED_V4: RefusalLog = RefusalLog(Mutex::new((None, 0)));
+static REFUSED_V6: RefusalLog = RefusalLog(Mutex::new((None, 0)));
+
+fn log_refusal(peer: SocketAddr) {
+    let family = if peer.ip().to_canonical().is_ipv4() { &REFUSED_V4 } else { &REFUSED_V6 };
+    if let Some(unlogged) = family.due(Instant::now()) {
+        let more = match unlogged {
+            0 => String::new(),
+            n => format!(" ({n} more from peers of its address family since the last line)"),
+        };
+        warn!(target: "access", "{peer}: PROXY header refused: the peer is not in proxy_from; closed{more}");
+    }
+}
+
+impl RefusalLog {
+    /// `Some(refusals not logged since the last line)` when this one is to be logged.
+    fn due(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, unlogged) = &mut *state;
+        if last.is_some_and(|last| now < last + REFUSAL_LOG_EVERY) {
+            *unlogged += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
     }
 }
 
@@ -230,6 +289,17 @@ mod tests {
         let mut short_addresses = V2_SIGNATURE.to_vec();
         short_addresses.extend_from_slice(&[0x21, 0x11, 0x00, 0x04, 1, 2, 3, 4]);
         invalid(&short_addresses, "malformed PROXY v2");
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_second_with_the_count_between() {
+        let log = RefusalLog(Mutex::new((None, 0)));
+        let start = Instant::now();
+        assert_eq!(log.due(start), Some(0));
+        assert_eq!(log.due(start + Duration::from_millis(10)), None);
+        assert_eq!(log.due(start + Duration::from_millis(999)), None);
+        assert_eq!(log.due(start + REFUSAL_LOG_EVERY), Some(2));
+        assert_eq!(log.due(start + REFUSAL_LOG_EVERY * 3), Some(0));
     }
 
     #[test]

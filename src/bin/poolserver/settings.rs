@@ -17,7 +17,7 @@ use std::{
 
 use log::LevelFilter;
 use poolserver::{
-    Config, Error, Mode,
+    Cidr, Config, Error, Mode,
     config::{
         MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS, check_count,
         check_duration,
@@ -43,6 +43,10 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9180";
 /// The `metrics` setting: an address, or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// The `proxy_from` setting: the peers whose PROXY headers are believed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyFrom(pub Vec<Cidr>);
 
 /// The two logs: the server log (level and optional file; always stderr too) and the access log.
 #[derive(Debug, Clone)]
@@ -91,6 +95,7 @@ impl Settings {
         c.idle_timeout = args.idle_timeout.or(file.idle_timeout).unwrap_or(c.idle_timeout);
         c.reuse_port = args.reuse_port.or(file.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol = args.proxy_protocol.or(file.proxy_protocol).unwrap_or(c.proxy_protocol);
+        c.proxy_from = args.proxy_from.clone().or(file.proxy_from).map(|ranges| ranges.0);
         config.validate()?;
         let log = LogSettings {
             level: args.log_level.or(file.log_level).unwrap_or(LevelFilter::Info),
@@ -127,6 +132,7 @@ pub const KEYS: &[&str] = &[
     "access_log",
     "reuse_port",
     "proxy_protocol",
+    "proxy_from",
     "metrics",
 ];
 
@@ -153,6 +159,7 @@ struct FileConfig {
     access_log: Option<AccessLog>,
     reuse_port: Option<bool>,
     proxy_protocol: Option<bool>,
+    proxy_from: Option<ProxyFrom>,
     metrics: Option<MetricsAddr>,
 }
 
@@ -216,6 +223,7 @@ impl FileConfig {
             }
             "reuse_port" => self.reuse_port = Some(switch(value)?),
             "proxy_protocol" => self.proxy_protocol = Some(switch(value)?),
+            "proxy_from" => self.proxy_from = Some(ranges(value)?),
             "metrics" => self.metrics = Some(parse_metrics(text(value, "\"127.0.0.1:9180\" or \"off\"")?)?),
             _ => return Err(format!("not a key; the keys are {}", KEYS.join(", "))),
         }
@@ -315,6 +323,26 @@ fn duration(value: &DeValue<'_>) -> Result<Duration, String> {
     }
 }
 
+/// Address ranges: one string with commas, or an array of strings.
+fn ranges(value: &DeValue<'_>) -> Result<ProxyFrom, String> {
+    let like =
+        "expected address ranges, like \"10.0.0.0/8, 192.0.2.1\" or [\"10.0.0.0/8\", \"2001:db8::/32\"]";
+    match value {
+        DeValue::String(s) => parse_proxy_from(s),
+        DeValue::Array(items) => {
+            let mut all = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    DeValue::String(s) => all.extend(parse_proxy_from(s)?.0),
+                    other => return Err(format!("{like} ({} in the array)", found(other))),
+                }
+            }
+            Ok(ProxyFrom(all))
+        }
+        other => Err(format!("{like} ({})", found(other))),
+    }
+}
+
 fn switch(value: &DeValue<'_>) -> Result<bool, String> {
     match value {
         DeValue::Boolean(b) => Ok(*b),
@@ -409,6 +437,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             errors::shorten(&e.to_string())
         )),
     }
+}
+
+/// Address ranges separated by commas: `10.0.0.0/8, 192.0.2.1, 2001:db8::/32`.
+pub fn parse_proxy_from(text: &str) -> Result<ProxyFrom, String> {
+    Cidr::parse_list(text).map(ProxyFrom).map_err(|e| e.to_string())
 }
 
 /// `ack` or `echo`.
@@ -520,7 +553,7 @@ mod tests {
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
-             metrics = \"127.0.0.1:9180\"\n",
+             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -531,7 +564,7 @@ mod tests {
              read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
-             proxy_protocol: Some(false), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
+             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
         );
     }
 
@@ -551,6 +584,20 @@ mod tests {
             Ok(MetricsAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9180)))))
         );
         assert!(parse_metrics("on").unwrap_err().contains("expected HOST:PORT"));
+    }
+
+    #[test]
+    fn proxy_from_is_a_list_of_ranges_in_a_string_or_an_array() {
+        let from = |text: &str| FileConfig::parse(text).map(|file| format!("{:?}", file.proxy_from));
+        assert_eq!(
+            from("proxy_from = \"10.0.0.0/8, 192.0.2.1\""),
+            Ok("Some(ProxyFrom([10.0.0.0/8, 192.0.2.1/32]))".into())
+        );
+        assert!(from("proxy_from = [1]").unwrap_err().contains("found a whole number in the array"));
+        assert!(
+            from("proxy_from = true").unwrap_err().starts_with("line 1: proxy_from: expected address ranges")
+        );
+        assert!(from("proxy_from = \"10.0.0.1/8\"").unwrap_err().contains("did you mean 10.0.0.0/8?"));
     }
 
     #[test]
