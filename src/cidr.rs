@@ -198,4 +198,69 @@ mod tests {
         assert!(any_contains(&Cidr::parse_list("192.0.2.0/24,127.0.0.1").unwrap(), ip("127.0.0.1")));
         assert!(!any_contains(&[], ip("127.0.0.1")));
     }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        /// A valid range: an address with its host bits cleared, and its prefix.
+        fn range() -> impl Strategy<Value = Cidr> {
+            prop_oneof![
+                (any::<u32>(), 0..=32_u8).prop_map(|(bits, prefix)| {
+                    let addr = network(IpAddr::V4(Ipv4Addr::from_bits(bits)), prefix);
+                    Cidr { addr, prefix }
+                }),
+                (any::<u128>(), 0..=128_u8).prop_map(|(bits, prefix)| {
+                    let addr = network(IpAddr::V6(Ipv6Addr::from_bits(bits)), prefix);
+                    Cidr { addr, prefix }
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn random_text_never_panics(text in "[0-9a-fA-F:./ ,+-]{0,60}", any_text in any::<String>()) {
+                for text in [text, any_text] {
+                    if let Err(e) = text.parse::<Cidr>() {
+                        let start = format!("{text:?} ");
+                        prop_assert!(e.to_string().starts_with(&start));
+                    }
+                    let _ = Cidr::parse_list(&text);
+                }
+            }
+
+            /// A range reads back from how it is written, and so does a list of them however it is spaced.
+            #[test]
+            fn ranges_read_back_as_written(ranges in vec(range(), 1..5), spaces in vec(0..3_usize, 5)) {
+                for range in &ranges {
+                    prop_assert_eq!(range.to_string().parse::<Cidr>(), Ok(*range));
+                }
+                let text: Vec<String> =
+                    ranges.iter().zip(&spaces).map(|(r, &n)| format!("{}{r}{}", " ".repeat(n), " ".repeat(n))).collect();
+                prop_assert_eq!(Cidr::parse_list(&text.join(",")), Ok(ranges));
+            }
+
+            /// An address is in a range exactly when its first `prefix` bits are the range's, and an IPv4
+            /// address is in the same ranges whether it comes as itself or IPv4-mapped.
+            #[test]
+            fn contains_compares_the_prefix_bits(range in range(), v4 in any::<u32>(), v6 in any::<u128>()) {
+                let v4 = Ipv4Addr::from_bits(v4);
+                let v6 = Ipv6Addr::from_bits(v6);
+                let in_prefix = |addr: IpAddr| network(addr, range.prefix) == range.addr;
+                prop_assert!(range.contains(range.addr));
+                match range.addr {
+                    IpAddr::V4(_) => {
+                        prop_assert_eq!(range.contains(v4.into()), in_prefix(v4.into()));
+                        prop_assert_eq!(range.contains(v4.to_ipv6_mapped().into()), in_prefix(v4.into()));
+                    }
+                    IpAddr::V6(_) => {
+                        prop_assert_eq!(range.contains(v6.into()), in_prefix(v6.into()));
+                        let mapped = v4.to_ipv6_mapped();
+                        prop_assert_eq!(range.contains(v4.into()), in_prefix(mapped.into()));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -302,29 +302,87 @@ mod tests {
         assert_eq!(log.due(start + REFUSAL_LOG_EVERY * 3), Some(0));
     }
 
-    #[test]
-    fn random_bytes_never_panic_and_never_pass_as_a_header_by_accident() {
-        // A small xorshift generator: repeatable, no extra crate.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for round in 0..20_000 {
-            let len = (next() % 600) as usize;
-            let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            // Half the inputs start like a real header, so the parser's deeper paths are reached too.
-            match round % 4 {
-                0 => input.splice(0..0, V2_SIGNATURE.iter().copied()).for_each(drop),
-                1 => input.splice(0..0, V1_PREFIX.iter().copied()).for_each(drop),
-                _ => {}
+    mod properties {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        /// A valid header, as HAProxy would send it, and the client it names.
+        fn header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
+            let v4 = (any::<[u8; 4]>(), any::<[u8; 4]>(), any::<u16>(), any::<u16>());
+            let v6 = (any::<[u8; 16]>(), any::<[u8; 16]>(), any::<u16>(), any::<u16>());
+            prop_oneof![
+                v4.prop_map(|(s, d, sp, dp)| {
+                    let (s, d) = (Ipv4Addr::from(s), Ipv4Addr::from(d));
+                    (
+                        format!("PROXY TCP4 {s} {d} {sp} {dp}\r\n").into_bytes(),
+                        Some(SocketAddr::from((s, sp))),
+                    )
+                }),
+                v6.clone().prop_map(|(s, d, sp, dp)| {
+                    let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
+                    (
+                        format!("PROXY TCP6 {s} {d} {sp} {dp}\r\n").into_bytes(),
+                        Some(SocketAddr::from((s, sp))),
+                    )
+                }),
+                Just((b"PROXY UNKNOWN\r\n".to_vec(), None)),
+                (v4, vec(any::<u8>(), 0..100)).prop_map(|((s, d, sp, dp), tlvs)| {
+                    let addresses = v2::IPv4::new(s, d, sp, dp);
+                    (with_tlvs(v2_header(v2::Command::Proxy, addresses.into()), &tlvs), Some((s, sp).into()))
+                }),
+                (v6, vec(any::<u8>(), 0..100)).prop_map(|((s, d, sp, dp), tlvs)| {
+                    let addresses = v2::IPv6::new(Ipv6Addr::from(s), Ipv6Addr::from(d), sp, dp);
+                    let source = SocketAddr::from((Ipv6Addr::from(s), sp));
+                    (with_tlvs(v2_header(v2::Command::Proxy, addresses.into()), &tlvs), Some(source))
+                }),
+                Just((v2_header(v2::Command::Local, v2::Addresses::Unspecified), None)),
+            ]
+        }
+
+        /// A v2 header with `tlvs` after its addresses, counted in its length (not parsed by us).
+        fn with_tlvs(mut header: Vec<u8>, tlvs: &[u8]) -> Vec<u8> {
+            let len = u16::from_be_bytes([header[14], header[15]]) + tlvs.len() as u16;
+            header[14..16].copy_from_slice(&len.to_be_bytes());
+            header.extend_from_slice(tlvs);
+            header
+        }
+
+        proptest! {
+            /// Garbage, and garbage behind a real header's first bytes, never panics and is bounded.
+            #[test]
+            fn random_bytes_never_panic(
+                (start, _) in header(), keep in 0..60_usize, tail in vec(any::<u8>(), 0..600)
+            ) {
+                let mut input = start[..keep.min(start.len())].to_vec();
+                input.extend_from_slice(&tail);
+                match parse(&input) {
+                    Parsed::Complete { len, .. } => prop_assert!(len <= input.len() && len <= MAX_HEADER),
+                    Parsed::Incomplete => prop_assert!(input.len() < MAX_HEADER),
+                    Parsed::Invalid(reason) => prop_assert!(!reason.is_empty()),
+                }
             }
-            match parse(&input) {
-                Parsed::Complete { len, .. } => assert!(len <= input.len() && len <= MAX_HEADER),
-                Parsed::Incomplete => assert!(input.len() < MAX_HEADER),
-                Parsed::Invalid(reason) => assert!(!reason.is_empty()),
+
+            /// However the bytes arrive, the header is incomplete until its last byte and then decodes to
+            /// the client it names, with the request bytes after it left alone.
+            #[test]
+            fn a_header_split_anywhere_decodes_the_same(
+                (header, source) in header(), request in vec(any::<u8>(), 0..64), cuts in vec(any::<usize>(), 0..6)
+            ) {
+                let input = [header.as_slice(), &request].concat();
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % input.len()).collect();
+                cuts.push(input.len());
+                cuts.sort_unstable();
+                for cut in cuts.into_iter().filter(|&c| c > 0) {
+                    let expected = if cut < header.len() {
+                        Parsed::Incomplete
+                    } else {
+                        Parsed::Complete { source, len: header.len() }
+                    };
+                    prop_assert_eq!(parse(&input[..cut]), expected, "cut at {} of {}", cut, input.len());
+                }
             }
         }
     }
