@@ -605,4 +605,72 @@ mod tests {
         assert_eq!(parse_log_level("WARN"), Ok(LevelFilter::Warn));
         assert!(parse_log_level("loud").unwrap_err().contains("use off, error"));
     }
+
+    mod properties {
+        use poolserver::config::MAX_DURATION;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a flag, a variable or a file holds, the parsers answer with a value or a message.
+            #[test]
+            fn random_values_never_panic(text in any::<String>(), like in "[0-9 .a-z+-]{0,24}") {
+                for text in [&text, &like] {
+                    if let Err(why) = parse_duration(text) {
+                        prop_assert!(!why.is_empty());
+                    }
+                    let _ = (parse_workers(text), parse_queue(text), parse_backlog(text));
+                    let _ = (parse_max_connections(text), parse_max_request(text), parse_proxy_from(text));
+                }
+            }
+
+            #[test]
+            fn random_files_never_panic(text in any::<String>(), toml in "([a-z_]{1,16} = [\"0-9a-z ,.\\[\\]]{0,16}\n){0,6}") {
+                for text in [&text, &toml] {
+                    if let Err(why) = FileConfig::parse(text) {
+                        prop_assert!(why.starts_with("line "), "{}", why);
+                    }
+                }
+            }
+
+            /// A duration reads back from how `--check` writes it, and a count from its digits, whenever
+            /// it is in range; out of range, the message says the bounds.
+            #[test]
+            fn durations_and_counts_read_back(nanos in 0..=MAX_DURATION.as_nanos() as u64 * 2, n in any::<u64>()) {
+                let d = Duration::from_nanos(nanos);
+                let written = humantime::format_duration(d).to_string();
+                match parse_duration(&written) {
+                    Ok(read) => prop_assert_eq!(read, d),
+                    Err(why) => prop_assert!(d.is_zero() || d > MAX_DURATION, "{}: {}", written, why),
+                }
+                let n = n >> (n % 64);
+                prop_assert_eq!(parse_workers(&n.to_string()).ok(), usize::try_from(n).ok().filter(|n| (1..=MAX_WORKERS).contains(n)));
+                prop_assert_eq!(parse_max_request(&format!(" {n} ")).ok(), usize::try_from(n).ok().filter(|n| (1..=MAX_REQUEST_LIMIT).contains(n)));
+            }
+
+            /// The same values read from a file, whatever order the keys come in.
+            #[test]
+            fn a_file_of_valid_values_reads_back(
+                workers in 1..=MAX_WORKERS, queue in 1..=MAX_QUEUE, max_request in 1..=MAX_REQUEST_LIMIT,
+                read_ms in 1..=86_400_000_u64, idle_s in 1..=86_400_u64, reversed in any::<bool>()
+            ) {
+                let read_timeout = Duration::from_millis(read_ms);
+                let idle_timeout = Duration::from_secs(idle_s);
+                let mut lines = vec![
+                    format!("workers = {workers}"),
+                    format!("queue = {queue}"),
+                    format!("max_request = {max_request}"),
+                    format!("read_timeout = \"{}\"", humantime::format_duration(read_timeout)),
+                    format!("idle_timeout = \"{}\"", humantime::format_duration(idle_timeout)),
+                ];
+                if reversed {
+                    lines.reverse();
+                }
+                let file = FileConfig::parse(&lines.join("\n")).map_err(TestCaseError::fail)?;
+                prop_assert_eq!((file.workers, file.queue, file.max_request), (Some(workers), Some(queue), Some(max_request)));
+                prop_assert_eq!((file.read_timeout, file.idle_timeout), (Some(read_timeout), Some(idle_timeout)));
+            }
+        }
+    }
 }

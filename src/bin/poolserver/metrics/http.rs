@@ -93,4 +93,40 @@ mod tests {
         let head = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &Registry::default());
         assert!(head.ends_with(b"\r\n\r\n"), "{}", String::from_utf8_lossy(&head));
     }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a client sends, there is a response once the head ends or passes the limit.
+            #[test]
+            fn random_requests_never_panic(bytes in vec(any::<u8>(), 0..10_000)) {
+                let registry = Registry::default();
+                match response_to(&bytes, &registry) {
+                    Some(response) => prop_assert!(response.starts_with(b"HTTP/1.1 ")),
+                    None => prop_assert!(bytes.len() <= MAX_REQUEST),
+                }
+            }
+
+            /// However a request arrives, nothing is answered before its head is complete (the client's
+            /// bytes are kept and looked at again whole, so the last piece gets the whole one's answer).
+            #[test]
+            fn a_request_split_anywhere_is_answered_only_when_whole(
+                path in "/[a-z?=/]{0,20}", headers in vec("[A-Za-z-]{1,12}: [ -~]{0,40}", 0..8), cuts in vec(any::<usize>(), 0..6)
+            ) {
+                let registry = Registry::default();
+                let request = format!("GET {path} HTTP/1.1\r\n{}\r\n", headers.iter().map(|h| format!("{h}\r\n")).collect::<String>());
+                let request = request.as_bytes();
+                let whole = response_to(request, &registry);
+                prop_assert!(whole.is_some());
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % request.len()).filter(|&c| c > 0).collect();
+                cuts.sort_unstable();
+                for cut in cuts {
+                    prop_assert_eq!(response_to(&request[..cut], &registry), None, "cut at {}", cut);
+                }
+            }
+        }
+    }
 }
