@@ -321,7 +321,7 @@ mod tests {
                         Some(SocketAddr::from((s, sp))),
                     )
                 }),
-                v6.clone().prop_map(|(s, d, sp, dp)| {
+                v6.prop_map(|(s, d, sp, dp)| {
                     let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
                     (
                         format!("PROXY TCP6 {s} {d} {sp} {dp}\r\n").into_bytes(),

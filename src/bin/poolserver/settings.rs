@@ -657,7 +657,7 @@ mod tests {
             ) {
                 let read_timeout = Duration::from_millis(read_ms);
                 let idle_timeout = Duration::from_secs(idle_s);
-                let mut lines = vec![
+                let mut lines = [
                     format!("workers = {workers}"),
                     format!("queue = {queue}"),
                     format!("max_request = {max_request}"),
