@@ -324,7 +324,7 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
     let Some(Rare { preamble: Preamble::ProxyHeader(received), .. }) = conn.rare.as_deref_mut() else {
         return Header::Read(conn);
     };
-    Header::Then(match proxy::read_header(&conn.stream, received) {
+    Header::Then(match proxy::read_header(&conn.stream, received, conn.peer, service.proxy_from.as_deref()) {
         HeaderRead::More => waiting_for_message(conn, service),
         HeaderRead::Done { source, rest } => {
             let rare = conn.rare_mut();
@@ -337,6 +337,8 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
             info!(target: "access", "{conn} closed the connection without sending a PROXY header");
             conn.finish(Ending::HungUp)
         }
+        // A peer not in proxy_from: proxy::read_header logged it (throttled).
+        HeaderRead::Refused => conn.finish(Ending::Error),
         HeaderRead::Failed(reason) => {
             warn!(target: "access", "{}: PROXY protocol error: {reason}; closed", conn.peer);
             conn.finish(Ending::Error)

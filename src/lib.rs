@@ -41,6 +41,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod books;
+mod cidr;
 pub mod config;
 mod conn;
 mod error;
@@ -61,6 +62,7 @@ mod stop;
 mod sys;
 mod systemd;
 
+pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Mode};
 pub use error::Error;
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};

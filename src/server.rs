@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::{
+    cidr,
     config::Config,
     conn::Conn,
     error::Error,
@@ -427,6 +428,7 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     note("keep_alive", old.keep_alive.to_string(), new.keep_alive.to_string());
     note("idle_timeout", format!("{:?}", old.idle_timeout), format!("{:?}", new.idle_timeout));
     note("proxy_protocol", old.proxy_protocol.to_string(), new.proxy_protocol.to_string());
+    note("proxy_from", cidr::describe(old.proxy_from.as_deref()), cidr::describe(new.proxy_from.as_deref()));
     let limit = |n: Option<usize>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());
     note("max_connections", limit(old.max_connections), limit(new.max_connections));
     note("max_per_client", limit(old.max_per_client), limit(new.max_per_client));

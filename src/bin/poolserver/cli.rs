@@ -11,7 +11,7 @@ use log::LevelFilter;
 
 use poolserver::{Mode, config};
 
-use crate::settings::{self, AccessLog, MetricsAddr};
+use crate::settings::{self, AccessLog, MetricsAddr, ProxyFrom};
 
 #[derive(Debug, Parser)]
 #[command(name = "poolserver", version, about = "A thread-pool TCP server that serves many clients at once")]
@@ -256,6 +256,12 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_PROXY_PROTOCOL", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub proxy_protocol: Option<bool>,
+
+    /// With --proxy-protocol: the load balancers whose PROXY headers are believed, as address ranges
+    /// (10.0.0.0/8, 192.0.2.1, 2001:db8::/32); a connection from any other peer is refused and counted as an
+    /// error [default: every peer's header is believed, with a warning at start]
+    #[arg(long, env = "POOLSERVER_PROXY_FROM", value_name = "CIDR[,CIDR...]", value_parser = settings::parse_proxy_from)]
+    pub proxy_from: Option<ProxyFrom>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics, or off [default: off]
     #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = settings::parse_metrics)]

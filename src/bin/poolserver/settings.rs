@@ -17,7 +17,7 @@ use std::{
 
 use log::LevelFilter;
 use poolserver::{
-    Config, Error, Mode,
+    Cidr, Config, Error, Mode,
     config::{
         MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS, check_count,
         check_duration,
@@ -43,6 +43,10 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9180";
 /// The `metrics` setting: an address, or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// The `proxy_from` setting: the peers whose PROXY headers are believed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyFrom(pub Vec<Cidr>);
 
 /// The two logs: the server log (level and optional file; always stderr too) and the access log.
 #[derive(Debug, Clone)]
@@ -91,6 +95,7 @@ impl Settings {
         c.idle_timeout = args.idle_timeout.or(file.idle_timeout).unwrap_or(c.idle_timeout);
         c.reuse_port = args.reuse_port.or(file.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol = args.proxy_protocol.or(file.proxy_protocol).unwrap_or(c.proxy_protocol);
+        c.proxy_from = args.proxy_from.clone().or(file.proxy_from).map(|ranges| ranges.0);
         config.validate()?;
         let log = LogSettings {
             level: args.log_level.or(file.log_level).unwrap_or(LevelFilter::Info),
@@ -127,6 +132,7 @@ pub const KEYS: &[&str] = &[
     "access_log",
     "reuse_port",
     "proxy_protocol",
+    "proxy_from",
     "metrics",
 ];
 
@@ -153,6 +159,7 @@ struct FileConfig {
     access_log: Option<AccessLog>,
     reuse_port: Option<bool>,
     proxy_protocol: Option<bool>,
+    proxy_from: Option<ProxyFrom>,
     metrics: Option<MetricsAddr>,
 }
 
@@ -216,6 +223,7 @@ impl FileConfig {
             }
             "reuse_port" => self.reuse_port = Some(switch(value)?),
             "proxy_protocol" => self.proxy_protocol = Some(switch(value)?),
+            "proxy_from" => self.proxy_from = Some(ranges(value)?),
             "metrics" => self.metrics = Some(parse_metrics(text(value, "\"127.0.0.1:9180\" or \"off\"")?)?),
             _ => return Err(format!("not a key; the keys are {}", KEYS.join(", "))),
         }
@@ -315,6 +323,26 @@ fn duration(value: &DeValue<'_>) -> Result<Duration, String> {
     }
 }
 
+/// Address ranges: one string with commas, or an array of strings.
+fn ranges(value: &DeValue<'_>) -> Result<ProxyFrom, String> {
+    let like =
+        "expected address ranges, like \"10.0.0.0/8, 192.0.2.1\" or [\"10.0.0.0/8\", \"2001:db8::/32\"]";
+    match value {
+        DeValue::String(s) => parse_proxy_from(s),
+        DeValue::Array(items) => {
+            let mut all = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    DeValue::String(s) => all.extend(parse_proxy_from(s)?.0),
+                    other => return Err(format!("{like} ({} in the array)", found(other))),
+                }
+            }
+            Ok(ProxyFrom(all))
+        }
+        other => Err(format!("{like} ({})", found(other))),
+    }
+}
+
 fn switch(value: &DeValue<'_>) -> Result<bool, String> {
     match value {
         DeValue::Boolean(b) => Ok(*b),
@@ -409,6 +437,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             errors::shorten(&e.to_string())
         )),
     }
+}
+
+/// Address ranges separated by commas: `10.0.0.0/8, 192.0.2.1, 2001:db8::/32`.
+pub fn parse_proxy_from(text: &str) -> Result<ProxyFrom, String> {
+    Cidr::parse_list(text).map(ProxyFrom).map_err(|e| e.to_string())
 }
 
 /// `ack` or `echo`.
@@ -520,7 +553,7 @@ mod tests {
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
-             metrics = \"127.0.0.1:9180\"\n",
+             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -531,7 +564,7 @@ mod tests {
              read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
-             proxy_protocol: Some(false), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
+             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
         );
     }
 
@@ -554,8 +587,90 @@ mod tests {
     }
 
     #[test]
+    fn proxy_from_is_a_list_of_ranges_in_a_string_or_an_array() {
+        let from = |text: &str| FileConfig::parse(text).map(|file| format!("{:?}", file.proxy_from));
+        assert_eq!(
+            from("proxy_from = \"10.0.0.0/8, 192.0.2.1\""),
+            Ok("Some(ProxyFrom([10.0.0.0/8, 192.0.2.1/32]))".into())
+        );
+        assert!(from("proxy_from = [1]").unwrap_err().contains("found a whole number in the array"));
+        assert!(
+            from("proxy_from = true").unwrap_err().starts_with("line 1: proxy_from: expected address ranges")
+        );
+        assert!(from("proxy_from = \"10.0.0.1/8\"").unwrap_err().contains("did you mean 10.0.0.0/8?"));
+    }
+
+    #[test]
     fn log_levels_are_named() {
         assert_eq!(parse_log_level("WARN"), Ok(LevelFilter::Warn));
         assert!(parse_log_level("loud").unwrap_err().contains("use off, error"));
+    }
+
+    mod properties {
+        use poolserver::config::MAX_DURATION;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a flag, a variable or a file holds, the parsers answer with a value or a message.
+            #[test]
+            fn random_values_never_panic(text in any::<String>(), like in "[0-9 .a-z+-]{0,24}") {
+                for text in [&text, &like] {
+                    if let Err(why) = parse_duration(text) {
+                        prop_assert!(!why.is_empty());
+                    }
+                    let _ = (parse_workers(text), parse_queue(text), parse_backlog(text));
+                    let _ = (parse_max_connections(text), parse_max_request(text), parse_proxy_from(text));
+                }
+            }
+
+            #[test]
+            fn random_files_never_panic(text in any::<String>(), toml in "([a-z_]{1,16} = [\"0-9a-z ,.\\[\\]]{0,16}\n){0,6}") {
+                for text in [&text, &toml] {
+                    if let Err(why) = FileConfig::parse(text) {
+                        prop_assert!(why.starts_with("line "), "{}", why);
+                    }
+                }
+            }
+
+            /// A duration reads back from how `--check` writes it, and a count from its digits, whenever
+            /// it is in range; out of range, the message says the bounds.
+            #[test]
+            fn durations_and_counts_read_back(nanos in 0..=MAX_DURATION.as_nanos() as u64 * 2, n in any::<u64>()) {
+                let d = Duration::from_nanos(nanos);
+                let written = humantime::format_duration(d).to_string();
+                match parse_duration(&written) {
+                    Ok(read) => prop_assert_eq!(read, d),
+                    Err(why) => prop_assert!(d.is_zero() || d > MAX_DURATION, "{}: {}", written, why),
+                }
+                let n = n >> (n % 64);
+                prop_assert_eq!(parse_workers(&n.to_string()).ok(), usize::try_from(n).ok().filter(|n| (1..=MAX_WORKERS).contains(n)));
+                prop_assert_eq!(parse_max_request(&format!(" {n} ")).ok(), usize::try_from(n).ok().filter(|n| (1..=MAX_REQUEST_LIMIT).contains(n)));
+            }
+
+            /// The same values read from a file, whatever order the keys come in.
+            #[test]
+            fn a_file_of_valid_values_reads_back(
+                workers in 1..=MAX_WORKERS, queue in 1..=MAX_QUEUE, max_request in 1..=MAX_REQUEST_LIMIT,
+                read_ms in 1..=86_400_000_u64, idle_s in 1..=86_400_u64, reversed in any::<bool>()
+            ) {
+                let read_timeout = Duration::from_millis(read_ms);
+                let idle_timeout = Duration::from_secs(idle_s);
+                let mut lines = [
+                    format!("workers = {workers}"),
+                    format!("queue = {queue}"),
+                    format!("max_request = {max_request}"),
+                    format!("read_timeout = \"{}\"", humantime::format_duration(read_timeout)),
+                    format!("idle_timeout = \"{}\"", humantime::format_duration(idle_timeout)),
+                ];
+                if reversed {
+                    lines.reverse();
+                }
+                let file = FileConfig::parse(&lines.join("\n")).map_err(TestCaseError::fail)?;
+                prop_assert_eq!((file.workers, file.queue, file.max_request), (Some(workers), Some(queue), Some(max_request)));
+                prop_assert_eq!((file.read_timeout, file.idle_timeout), (Some(read_timeout), Some(idle_timeout)));
+            }
+        }
     }
 }
