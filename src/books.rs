@@ -51,6 +51,9 @@ pub(crate) struct Books<T> {
 
 struct Slot<T> {
     held: Option<Held<T>>,
+    /// Readiness that came for this connection before it was held (its descriptor is armed just before it
+    /// is handed in): it goes on at once when it is.
+    ready_early: Option<Tag>,
     /// The timer entry queued for this slot, as (connection id, deadline).
     timer: Option<(Tag, Instant)>,
 }
@@ -62,6 +65,12 @@ struct Held<T> {
     wait: Wait,
     /// The deadline is the stop's grace, not the connection's own.
     cut_by_stop: bool,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot { held: None, ready_early: None, timer: None }
+    }
 }
 
 impl<T> Default for Books<T> {
@@ -80,15 +89,28 @@ impl<T> Books<T> {
     /// the stop's grace when that comes first. A slot keeps one live timer entry: a conversation that comes back with a later
     /// deadline keeps its earlier entry, which re-queues itself for the later deadline when it fires, so a
     /// connection that waits a thousand times does not leave a thousand entries behind.
-    pub(crate) fn hold(&mut self, key: usize, id: Tag, item: T, deadline: Instant, wait: Wait, now: Instant) {
+    ///
+    /// When readiness for it came already (see `take`), it is not held: it comes back as `Err`, to go on.
+    pub(crate) fn hold(
+        &mut self,
+        key: usize,
+        id: Tag,
+        item: T,
+        deadline: Instant,
+        wait: Wait,
+        now: Instant,
+    ) -> Result<(), T> {
         let (deadline, cut_by_stop) = match self.grace {
             Some(grace) if wait == Wait::Message && now + grace < deadline => (now + grace, true),
             _ => (deadline, false),
         };
         if self.slots.len() <= key {
-            self.slots.resize_with(key + 1, || Slot { held: None, timer: None });
+            self.slots.resize_with(key + 1, Slot::default);
         }
         let slot = &mut self.slots[key];
+        if slot.ready_early.take() == Some(id) {
+            return Err(item);
+        }
         if slot.held.replace(Held { id, item, deadline, wait, cut_by_stop }).is_none() {
             self.held += 1;
         }
@@ -96,13 +118,19 @@ impl<T> Books<T> {
             slot.timer = Some((id, deadline));
             self.timers.push(Reverse((deadline, id, key)));
         }
+        Ok(())
     }
 
-    /// Takes the connection `id` held on `key`, when readiness for it came; `None` when it is not held there
-    /// (it expired meanwhile, and perhaps another connection holds the descriptor now).
+    /// Takes the connection `id` held on `key`, when readiness for it came. `None` when it is not held
+    /// there: it is still on its way in (the readiness is kept for it), or it expired meanwhile (and a later
+    /// connection on the descriptor will not mistake the readiness for its own).
     pub(crate) fn take(&mut self, key: usize, id: Tag) -> Option<T> {
-        let slot = self.slots.get_mut(key)?;
+        if self.slots.len() <= key {
+            self.slots.resize_with(key + 1, Slot::default);
+        }
+        let slot = &mut self.slots[key];
         if slot.held.as_ref().is_none_or(|held| held.id != id) {
+            slot.ready_early = Some(id);
             return None;
         }
         self.held -= 1;
@@ -181,7 +209,7 @@ mod tests {
     #[test]
     fn a_held_connection_is_taken_once_by_its_own_readiness() {
         let (t0, mut books) = (Instant::now(), Books::default());
-        books.hold(7, 1, "a", t0 + secs(5), Wait::Message, t0);
+        books.hold(7, 1, "a", t0 + secs(5), Wait::Message, t0).unwrap();
         assert_eq!(books.len(), 1);
         assert_eq!(books.take(7, 2), None, "another connection's readiness");
         assert_eq!(books.take(8, 1), None, "another descriptor");
@@ -191,11 +219,25 @@ mod tests {
     }
 
     #[test]
+    fn readiness_that_comes_before_its_connection_is_held_sends_it_on_at_once() {
+        let (t0, mut books) = (Instant::now(), Books::default());
+        assert_eq!(books.take(7, 1), None, "armed, not in the books yet");
+        assert_eq!(books.hold(7, 1, "early", t0 + secs(5), Wait::Message, t0), Err("early"));
+        assert_eq!(books.len(), 0);
+        // Kept for that connection only, and only once.
+        assert_eq!(books.take(7, 2), None);
+        assert_eq!(books.hold(7, 3, "later", t0 + secs(5), Wait::Message, t0), Ok(()));
+        assert_eq!(books.hold(8, 2, "elsewhere", t0 + secs(5), Wait::Message, t0), Ok(()));
+        assert_eq!(books.len(), 2);
+        assert!(books.expire(t0 + secs(5)).len() == 2, "both held until their deadline");
+    }
+
+    #[test]
     fn a_deadline_expires_the_connection_and_nothing_else() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(3, 1, "early", t0 + secs(1), Wait::Message, t0);
-        books.hold(4, 2, "late", t0 + secs(9), Wait::Work, t0);
+        books.hold(3, 1, "early", t0 + secs(1), Wait::Message, t0).unwrap();
+        books.hold(4, 2, "late", t0 + secs(9), Wait::Work, t0).unwrap();
         assert!(books.expire(t0).is_empty());
         assert_eq!(books.expire(t0 + secs(1)), vec![("early", Expiry::Deadline)]);
         assert_eq!(books.len(), 1);
@@ -209,10 +251,10 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         for n in 0..1000 {
-            books.hold(5, 1, "talker", t0 + secs(60) + Duration::from_millis(n), Wait::Message, t0);
+            books.hold(5, 1, "talker", t0 + secs(60) + Duration::from_millis(n), Wait::Message, t0).unwrap();
             assert_eq!(books.take(5, 1), Some("talker"));
         }
-        books.hold(5, 1, "talker", t0 + secs(61), Wait::Message, t0);
+        books.hold(5, 1, "talker", t0 + secs(61), Wait::Message, t0).unwrap();
         assert_eq!(books.timers.len(), 1);
         // The first entry fires, finds a later deadline, and re-queues itself for it.
         assert!(books.expire(t0 + secs(60)).is_empty());
@@ -224,9 +266,9 @@ mod tests {
     fn an_earlier_deadline_gets_its_own_entry() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(5, 1, "conn", t0 + secs(60), Wait::Message, t0);
+        books.hold(5, 1, "conn", t0 + secs(60), Wait::Message, t0).unwrap();
         assert_eq!(books.take(5, 1), Some("conn"));
-        books.hold(5, 1, "conn", t0 + secs(2), Wait::Work, t0);
+        books.hold(5, 1, "conn", t0 + secs(2), Wait::Work, t0).unwrap();
         assert_eq!(books.expire(t0 + secs(2)), vec![("conn", Expiry::Deadline)]);
         assert!(books.expire(t0 + secs(60)).is_empty(), "the stale entry expires nothing");
     }
@@ -235,10 +277,10 @@ mod tests {
     fn a_timer_that_fires_while_its_connection_is_away_is_renewed_when_it_returns() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(5, 1, "conn", t0 + secs(1), Wait::Message, t0);
+        books.hold(5, 1, "conn", t0 + secs(1), Wait::Message, t0).unwrap();
         assert_eq!(books.take(5, 1), Some("conn"));
         assert!(books.expire(t0 + secs(1)).is_empty(), "away on a worker");
-        books.hold(5, 1, "conn", t0 + secs(3), Wait::Message, t0);
+        books.hold(5, 1, "conn", t0 + secs(3), Wait::Message, t0).unwrap();
         assert!(books.expire(t0 + secs(2)).is_empty());
         assert_eq!(books.expire(t0 + secs(3)), vec![("conn", Expiry::Deadline)]);
     }
@@ -247,10 +289,10 @@ mod tests {
     fn a_later_connection_on_the_same_descriptor_is_not_touched_by_the_earlier_ones_timer_or_readiness() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(5, 1, "first", t0 + secs(1), Wait::Message, t0);
+        books.hold(5, 1, "first", t0 + secs(1), Wait::Message, t0).unwrap();
         assert_eq!(books.take(5, 1), Some("first"));
         // The first closed; the descriptor is reused by connection 2, with a later deadline.
-        books.hold(5, 2, "second", t0 + secs(10), Wait::Message, t0);
+        books.hold(5, 2, "second", t0 + secs(10), Wait::Message, t0).unwrap();
         assert_eq!(books.take(5, 1), None, "a late readiness of the first");
         assert!(books.expire(t0 + secs(1)).is_empty(), "the first's timer");
         assert_eq!(books.len(), 1);
@@ -261,12 +303,12 @@ mod tests {
     fn the_stop_gives_waiting_for_a_message_a_grace_and_leaves_work_its_own_deadline() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(1, 1, "silent", t0 + secs(60), Wait::Message, t0);
-        books.hold(2, 2, "nearly due", t0 + secs(1), Wait::Message, t0);
-        books.hold(3, 3, "writing", t0 + secs(30), Wait::Work, t0);
+        books.hold(1, 1, "silent", t0 + secs(60), Wait::Message, t0).unwrap();
+        books.hold(2, 2, "nearly due", t0 + secs(1), Wait::Message, t0).unwrap();
+        books.hold(3, 3, "writing", t0 + secs(30), Wait::Work, t0).unwrap();
         books.begin_stop(t0, secs(2));
         // Taken in during the stop: its grace counts from then.
-        books.hold(4, 4, "held during the stop", t0 + secs(60), Wait::Message, t0 + secs(1));
+        books.hold(4, 4, "held during the stop", t0 + secs(60), Wait::Message, t0 + secs(1)).unwrap();
         assert_eq!(books.expire(t0 + secs(1)), vec![("nearly due", Expiry::Deadline)]);
         assert_eq!(books.expire(t0 + secs(2)), vec![("silent", Expiry::Stop)]);
         assert_eq!(books.expire(t0 + secs(3)), vec![("held during the stop", Expiry::Stop)]);
@@ -278,7 +320,7 @@ mod tests {
     fn a_message_that_arrives_in_the_grace_is_taken_as_usual() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(1, 1, "idle", t0 + secs(60), Wait::Message, t0);
+        books.hold(1, 1, "idle", t0 + secs(60), Wait::Message, t0).unwrap();
         books.begin_stop(t0, secs(1));
         assert_eq!(books.take(1, 1), Some("idle"));
         assert!(books.expire(t0 + secs(1)).is_empty());
@@ -289,11 +331,11 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         assert_eq!(books.alarm(), None, "off, and off already");
-        books.hold(1, 1, "a", t0 + secs(5), Wait::Message, t0);
+        books.hold(1, 1, "a", t0 + secs(5), Wait::Message, t0).unwrap();
         assert_eq!(books.alarm(), Some(Some(t0 + secs(5))));
-        books.hold(2, 2, "b", t0 + secs(9), Wait::Message, t0);
+        books.hold(2, 2, "b", t0 + secs(9), Wait::Message, t0).unwrap();
         assert_eq!(books.alarm(), None, "a later deadline changes nothing");
-        books.hold(3, 3, "c", t0 + secs(1), Wait::Message, t0);
+        books.hold(3, 3, "c", t0 + secs(1), Wait::Message, t0).unwrap();
         assert_eq!(books.alarm(), Some(Some(t0 + secs(1))));
         books.expire(t0 + secs(9));
         assert_eq!(books.alarm(), Some(None));

@@ -469,15 +469,15 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
 }
 
 /// In the room: the connection is ready for what it waited for.
-pub(crate) fn ready(conn: Conn, service: &Service, buf: &mut [u8]) -> Ready {
+pub(crate) fn ready(conn: Conn, service: &Service) -> Ready {
     match conn.phase {
         Phase::New | Phase::Idle(_) => Ready::Serve(conn),
-        _ => Ready::Then(finish_waiting(conn, service, buf)),
+        _ => Ready::Then(finish_waiting(conn, service)),
     }
 }
 
 /// The room's part of writing a reply that did not fit, and of lingering.
-fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
+fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
     match conn.phase {
         Phase::New | Phase::Idle(_) => conn.wait(Interest::Readable, service),
         Phase::Writing => {
@@ -508,7 +508,8 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
             }
         }
         Phase::Lingering { since, mut discarded } => loop {
-            match (&conn.stream).read(buf) {
+            let mut scratch = [0; 16 * 1024];
+            match (&conn.stream).read(&mut scratch) {
                 Ok(0) => return Step::Done,
                 Ok(n) => {
                     discarded += n;

@@ -212,10 +212,16 @@ impl Context {
         }
     }
 
+    /// Sends a connection where its step says: back to the room, or (done) nowhere, as it closes.
     fn settle(&self, step: Step) {
-        match step {
-            Step::Wait(waiting) => self.room.hold(waiting, &self.gauges),
-            Step::Done => {}
+        let Step::Wait(waiting) = step else { return };
+        if let Some(conn) = self.room.hold(waiting, &self.gauges) {
+            // Its client was ready already: it goes on as if its event had come.
+            let service = self.current.get();
+            match conn::ready(conn, &service) {
+                Ready::Serve(conn) => self.queue_or_turn_away(conn, &service),
+                Ready::Then(step) => self.settle(step),
+            }
         }
     }
 
@@ -234,10 +240,10 @@ impl Context {
     /// A look at the room without waiting, by a worker between jobs or the room's thread: everything it
     /// finds goes on (messages to the queue). A ring of the bell it took was meant for a sleeping worker,
     /// so it passes it on.
-    fn look(&self, found: &mut Found, service: &Service, buf: &mut [u8]) {
+    fn look(&self, found: &mut Found, service: &Service) {
         match self.room.wait(found, false, &self.gauges) {
             Ok(bell) => {
-                self.sort(found, service, buf, false);
+                self.sort(found, service, false);
                 if bell && self.idle.anyone_asleep() {
                     self.room.ring();
                 }
@@ -248,13 +254,13 @@ impl Context {
 
     /// What a look at the room found: expired connections close, ready ones go on. With `keep`, the first
     /// with a message is kept for this worker; the others are queued for whoever is free.
-    fn sort(&self, found: &mut Found, service: &Service, buf: &mut [u8], keep: bool) -> Option<Conn> {
+    fn sort(&self, found: &mut Found, service: &Service, keep: bool) -> Option<Conn> {
         for (conn, why) in found.expired.drain(..) {
             conn::expired(conn, service, why);
         }
         let mut mine = None;
         for conn in found.ready.drain(..) {
-            match conn::ready(conn, service, buf) {
+            match conn::ready(conn, service) {
                 Ready::Serve(conn) if keep && mine.is_none() => mine = Some(conn),
                 Ready::Serve(conn) => self.queue_or_turn_away(conn, service),
                 Ready::Then(step) => self.settle(step),
@@ -292,14 +298,14 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
                     error!("waiting room: epoll failed: {e}; this worker stops");
                     return;
                 }
-                context.sort(&mut found, &service, &mut buf, true)
+                context.sort(&mut found, &service, true)
             }
         };
         let Some(conn) = job else { continue };
         serve(context, conn, &service, &mut buf);
         if last_look.elapsed() >= LOOK_EVERY && context.gauges.waiting() > 0 {
             last_look = Instant::now();
-            context.look(&mut found, &service, &mut buf);
+            context.look(&mut found, &service);
         }
     }
 }
@@ -322,12 +328,11 @@ fn serve(context: &Context, conn: Conn, service: &Service, buf: &mut [u8]) {
 /// `TEND_EVERY`: deadlines pass, replies that did not fit are finished, lingering connections close, and a
 /// conversation's message goes to the queue or gets the busy reply. Ends when `ends` disconnects.
 fn tend_the_room(context: &Context, ends: &Receiver<()>) {
-    let mut buf = vec![0; 64 * 1024];
     let mut found = Found::with_capacity(EVENTS);
     while let Err(RecvTimeoutError::Timeout) = ends.recv_timeout(TEND_EVERY) {
         if context.idle.anyone_asleep() || context.gauges.waiting() == 0 {
             continue;
         }
-        context.look(&mut found, &context.current.get_full(), &mut buf);
+        context.look(&mut found, &context.current.get_full());
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! What the threads share is one lock around the books (`books::Books`, which holds the connections and
 //! their deadlines) and the kernel's epoll. A connection is a value that moves, so it is in exactly one
-//! place: in the books, queued, or on a worker. Its descriptor is armed and the connection put in the books
-//! under that lock, so the worker that takes its event always finds it there, and a deadline can never close
-//! a descriptor that is about to be armed.
+//! place: in the books, queued, or on a worker. Its descriptor is armed just before it is put in the books,
+//! and readiness that comes in between is kept in the books for it, so none is lost; while it is armed and
+//! not yet in the books, it is still its worker's, so no deadline can close it.
 
 use std::{
     io,
@@ -60,23 +60,25 @@ impl Room {
         Ok(Room { poller: Poller::new()?, books: Mutex::new(Books::default()) })
     }
 
-    /// Puts a connection in the room until its client is ready or its deadline passes.
-    pub(crate) fn hold(&self, mut waiting: Waiting, gauges: &Gauges) {
+    /// Puts a connection in the room until its client is ready or its deadline passes. Returns it when its
+    /// client turned out to be ready already.
+    #[must_use]
+    pub(crate) fn hold(&self, mut waiting: Waiting, gauges: &Gauges) -> Option<Conn> {
         let (tag, interest, deadline) = (waiting.conn.id() as Tag, waiting.interest, waiting.deadline);
         let first = !waiting.conn.is_registered();
         let wait = if waiting.conn.waits_for_message() { Wait::Message } else { Wait::Work };
         let key = waiting.conn.stream().as_raw_fd() as usize;
-        let mut books = self.books.lock();
-        // Armed under the lock and before it is in the books: whoever takes the event waits for the lock,
-        // and then finds the connection there.
+        // Armed before it is in the books, outside the lock: readiness that comes in between is kept in
+        // the books for it (see `Books::take`).
         if let Err(e) = self.poller.arm(waiting.conn.stream(), tag, interest, first) {
-            drop(books);
             error!("{}: cannot wait for the client: {e}; closing", waiting.conn);
-            return;
+            return None;
         }
         waiting.conn.mark_registered();
-        books.hold(key, tag, waiting, deadline, wait, Instant::now());
+        let mut books = self.books.lock();
+        let held = books.hold(key, tag, waiting, deadline, wait, Instant::now());
         self.after_change(&mut books, gauges);
+        held.err().map(|waiting| waiting.conn)
     }
 
     /// Waits for what is ready (at most until something is, when `block`; else only a look) and takes
