@@ -40,9 +40,11 @@ use crate::{
 const LOOK_EVERY: Duration = Duration::from_micros(200);
 /// How many events one wait takes from the epoll at most.
 const EVENTS: usize = 64;
-/// How often the room's own thread looks whether every worker is busy (see `tend_the_room`): the longest a
-/// waiting connection goes unseen while every worker is held by a slow handler.
+/// How often the room's own thread looks at the room while every worker is busy (see `tend_the_room`).
 const TEND_EVERY: Duration = Duration::from_millis(10);
+/// How often it looks whether they still are, while some worker is idle: with `TEND_EVERY`, the longest a
+/// waiting connection goes unseen when every worker is suddenly held by a slow handler.
+const TEND_IDLE_EVERY: Duration = Duration::from_millis(100);
 
 pub(crate) struct Pool {
     context: Arc<Context>,
@@ -281,9 +283,6 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
             context.room.ring();
             return;
         }
-        let service = context.current.get_full();
-        // A reload may have changed max_request; the buffer follows before the next read.
-        buf.resize(service.max_request, 0);
         let job = match jobs.try_recv() {
             Ok(conn) => Some(conn),
             Err(_) => {
@@ -298,10 +297,13 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
                     error!("waiting room: epoll failed: {e}; this worker stops");
                     return;
                 }
-                context.sort(&mut found, &service, true)
+                context.sort(&mut found, &context.current.get(), true)
             }
         };
         let Some(conn) = job else { continue };
+        let service = context.current.get();
+        // A reload may have changed max_request; the buffer follows before the next read.
+        buf.resize(service.max_request, 0);
         serve(context, conn, &service, &mut buf);
         if last_look.elapsed() >= LOOK_EVERY && context.gauges.waiting() > 0 {
             last_look = Instant::now();
@@ -324,15 +326,19 @@ fn serve(context: &Context, conn: Conn, service: &Service, buf: &mut [u8]) {
 }
 
 /// The room's own thread. Idle workers wait in the room, so while any does, this thread only looks at the
-/// clock. When every worker is busy (each held by a handler, say), it looks at the room itself every
-/// `TEND_EVERY`: deadlines pass, replies that did not fit are finished, lingering connections close, and a
-/// conversation's message goes to the queue or gets the busy reply. Ends when `ends` disconnects.
+/// clock, every `TEND_IDLE_EVERY`. When every worker is busy (each held by a handler, say), it looks at the
+/// room itself every `TEND_EVERY`: deadlines pass, replies that did not fit are finished, lingering
+/// connections close, and a conversation's message goes to the queue or gets the busy reply. Ends when
+/// `ends` disconnects.
 fn tend_the_room(context: &Context, ends: &Receiver<()>) {
     let mut found = Found::with_capacity(EVENTS);
-    while let Err(RecvTimeoutError::Timeout) = ends.recv_timeout(TEND_EVERY) {
+    let mut every = TEND_IDLE_EVERY;
+    while let Err(RecvTimeoutError::Timeout) = ends.recv_timeout(every) {
         if context.idle.anyone_asleep() || context.gauges.waiting() == 0 {
+            every = TEND_IDLE_EVERY;
             continue;
         }
-        context.look(&mut found, &context.current.get_full());
+        every = TEND_EVERY;
+        context.look(&mut found, &context.current.get());
     }
 }

@@ -113,10 +113,6 @@ impl Current {
         self.0.load()
     }
 
-    pub(crate) fn get_full(&self) -> Arc<Service> {
-        self.0.load_full()
-    }
-
     pub(crate) fn set(&self, service: Service) {
         self.0.store(Arc::new(service));
     }
