@@ -45,8 +45,8 @@ pub(crate) struct Books<T> {
     /// While stopping: how long a connection waiting for a message may still wait, from the stop or from
     /// when it is held, whichever is later.
     grace: Option<Duration>,
-    /// What the alarm is set to, as last returned by `alarm`.
-    alarm: Option<Instant>,
+    /// What the timer is set to, as last returned by `timer_change`.
+    timer_at: Option<Instant>,
 }
 
 struct Slot<T> {
@@ -75,7 +75,7 @@ impl<T> Default for Slot<T> {
 
 impl<T> Default for Books<T> {
     fn default() -> Self {
-        Books { slots: Vec::new(), timers: BinaryHeap::new(), held: 0, grace: None, alarm: None }
+        Books { slots: Vec::new(), timers: BinaryHeap::new(), held: 0, grace: None, timer_at: None }
     }
 }
 
@@ -186,11 +186,11 @@ impl<T> Books<T> {
         }
     }
 
-    /// When the alarm must ring next, if that changed since the last call: `Some(None)` to turn it off.
-    pub(crate) fn alarm(&mut self) -> Option<Option<Instant>> {
+    /// When the timer must ring next, if that changed since the last call: `Some(None)` to turn it off.
+    pub(crate) fn timer_change(&mut self) -> Option<Option<Instant>> {
         let next = self.timers.peek().map(|Reverse((at, ..))| *at);
-        (next != self.alarm).then(|| {
-            self.alarm = next;
+        (next != self.timer_at).then(|| {
+            self.timer_at = next;
             next
         })
     }
@@ -327,17 +327,17 @@ mod tests {
     }
 
     #[test]
-    fn the_alarm_follows_the_earliest_deadline_and_says_only_what_changed() {
+    fn the_timer_follows_the_earliest_deadline_and_says_only_what_changed() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        assert_eq!(books.alarm(), None, "off, and off already");
+        assert_eq!(books.timer_change(), None, "off, and off already");
         books.hold(1, 1, "a", t0 + secs(5), Wait::Message, t0).unwrap();
-        assert_eq!(books.alarm(), Some(Some(t0 + secs(5))));
+        assert_eq!(books.timer_change(), Some(Some(t0 + secs(5))));
         books.hold(2, 2, "b", t0 + secs(9), Wait::Message, t0).unwrap();
-        assert_eq!(books.alarm(), None, "a later deadline changes nothing");
+        assert_eq!(books.timer_change(), None, "a later deadline changes nothing");
         books.hold(3, 3, "c", t0 + secs(1), Wait::Message, t0).unwrap();
-        assert_eq!(books.alarm(), Some(Some(t0 + secs(1))));
+        assert_eq!(books.timer_change(), Some(Some(t0 + secs(1))));
         books.expire(t0 + secs(9));
-        assert_eq!(books.alarm(), Some(None));
+        assert_eq!(books.timer_change(), Some(None));
     }
 }

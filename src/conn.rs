@@ -59,7 +59,7 @@ pub(crate) struct Conn {
     /// The handler's state for this conversation.
     state: State,
     /// What only some connections need, boxed so the common one stays small.
-    rare: Option<Box<Rare>>,
+    extras: Option<Box<Extras>>,
     /// Registered with the waiting room's epoll (for as long as the socket lives).
     registered: bool,
     tally: Tally,
@@ -74,7 +74,7 @@ enum Phase {
     New,
     /// A conversation between messages: the last reply was finished at this instant.
     Idle(Instant),
-    /// A reply is being written; the rest is in `Rare::pending`.
+    /// A reply is being written; the rest is in `Extras::pending`.
     Writing,
     /// The last reply and our FIN are sent; the client's leftover input is read and dropped until it
     /// finishes, or until the bounds.
@@ -82,7 +82,7 @@ enum Phase {
 }
 
 #[derive(Default)]
-struct Rare {
+struct Extras {
     /// The client a PROXY protocol header named, when it named one.
     client: Option<SocketAddr>,
     preamble: Preamble,
@@ -142,9 +142,9 @@ pub(crate) struct Waiting {
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, tally: Tally, service: &Service) -> Conn {
-        let rare = service
+        let extras = service
             .proxy_protocol
-            .then(|| Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() }));
+            .then(|| Box::new(Extras { preamble: Preamble::ProxyHeader(Vec::new()), ..Extras::default() }));
         Conn {
             stream,
             peer,
@@ -153,7 +153,7 @@ impl Conn {
             phase: Phase::New,
             messages: 0,
             state: service.protocol.new_state(),
-            rare,
+            extras,
             registered: false,
             tally,
             // Behind a load balancer the client is known once the PROXY header has been read.
@@ -197,15 +197,15 @@ impl Conn {
 
     /// The client it speaks for: the peer, or the source a PROXY protocol header named.
     fn client(&self) -> SocketAddr {
-        self.rare.as_ref().and_then(|rare| rare.client).unwrap_or(self.peer)
+        self.extras.as_ref().and_then(|extras| extras.client).unwrap_or(self.peer)
     }
 
-    fn rare_mut(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     fn expects_proxy_header(&self) -> bool {
-        matches!(self.rare.as_deref(), Some(Rare { preamble: Preamble::ProxyHeader(_), .. }))
+        matches!(self.extras.as_deref(), Some(Extras { preamble: Preamble::ProxyHeader(_), .. }))
     }
 
     /// Waits in the room for `interest` until the deadline of its phase.
@@ -214,9 +214,9 @@ impl Conn {
             Phase::New => self.first_deadline(service),
             Phase::Idle(since) => since + service.idle_timeout,
             Phase::Writing => self
-                .rare
+                .extras
                 .as_ref()
-                .and_then(|rare| rare.pending.as_ref())
+                .and_then(|extras| extras.pending.as_ref())
                 .map_or_else(Instant::now, |p| p.deadline),
             Phase::Lingering { since, .. } => since + service.read_timeout,
         };
@@ -231,17 +231,17 @@ impl Conn {
     /// accepted it. A client that came in through SYN cookies (which skip the defer) had none: it connected
     /// when we accepted it.
     fn first_deadline(&mut self, service: &Service) -> Instant {
-        if let Some(deadline) = self.rare.as_ref().and_then(|rare| rare.first_deadline) {
+        if let Some(deadline) = self.extras.as_ref().and_then(|extras| extras.first_deadline) {
             return deadline;
         }
         let retransmits = if self.sent_nothing() { sys::synack_retransmits(self.stream.as_fd()) } else { 0 };
         let held = SYNACK_TIMEOUT * ((1_u32 << retransmits.min(MAX_RETRANSMITS)) - 1);
         let connected = self.accepted.checked_sub(held).unwrap_or(self.accepted);
-        *self.rare_mut().first_deadline.insert(connected + service.read_timeout)
+        *self.extras_mut().first_deadline.insert(connected + service.read_timeout)
     }
 
     fn sent_nothing(&self) -> bool {
-        match self.rare.as_deref().map(|rare| &rare.preamble) {
+        match self.extras.as_deref().map(|extras| &extras.preamble) {
             None | Some(Preamble::None) => self.messages == 0,
             Some(Preamble::ProxyHeader(received)) => received.is_empty(),
             Some(Preamble::Early(_)) => false,
@@ -250,26 +250,26 @@ impl Conn {
 }
 
 impl Conn {
-    /// Who this connection is, for the log; cheap to keep after the connection has moved on.
-    pub(crate) fn who(&self) -> Who {
-        Who { client: self.client(), peer: self.peer }
+    /// Origin this connection is, for the log; cheap to keep after the connection has moved on.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin { client: self.client(), peer: self.peer }
     }
 }
 
 impl fmt::Display for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.who().fmt(f)
+        self.origin().fmt(f)
     }
 }
 
 /// Shows the client, and the peer it came through when a load balancer stands between.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Who {
+pub(crate) struct Origin {
     client: SocketAddr,
     peer: SocketAddr,
 }
 
-impl fmt::Display for Who {
+impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.client == self.peer {
             write!(f, "{}", self.client)
@@ -288,8 +288,8 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
     if let Quota::Over { open } = conn.quota {
         return turn_away_client(conn, service, open);
     }
-    let early = match conn.rare.as_deref_mut() {
-        Some(rare) if matches!(rare.preamble, Preamble::Early(_)) => std::mem::take(&mut rare.preamble),
+    let early = match conn.extras.as_deref_mut() {
+        Some(extras) if matches!(extras.preamble, Preamble::Early(_)) => std::mem::take(&mut extras.preamble),
         _ => Preamble::None,
     };
     let received = if let Preamble::Early(early) = early {
@@ -321,15 +321,15 @@ enum Header {
 
 /// Reads what has arrived of the PROXY header, when one is expected.
 fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
-    let Some(Rare { preamble: Preamble::ProxyHeader(received), .. }) = conn.rare.as_deref_mut() else {
+    let Some(Extras { preamble: Preamble::ProxyHeader(received), .. }) = conn.extras.as_deref_mut() else {
         return Header::Read(conn);
     };
     Header::Then(match proxy::read_header(&conn.stream, received, conn.peer, service.proxy_from.as_deref()) {
         HeaderRead::More => waiting_for_message(conn, service),
         HeaderRead::Done { source, rest } => {
-            let rare = conn.rare_mut();
-            rare.client = source;
-            rare.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
+            let extras = conn.extras_mut();
+            extras.client = source;
+            extras.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
             conn.quota = client_quota(service, conn.client());
             return Header::Read(conn);
         }
@@ -390,7 +390,7 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
         return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
-    conn.rare_mut().pending = Some(Pending {
+    conn.extras_mut().pending = Some(Pending {
         rest: reply.bytes[written..].to_vec(),
         written,
         deadline: Instant::now() + service.write_timeout,
@@ -481,7 +481,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
     match conn.phase {
         Phase::New | Phase::Idle(_) => conn.wait(Interest::Readable, service),
         Phase::Writing => {
-            let Some(mut pending) = conn.rare.as_mut().and_then(|rare| rare.pending.take()) else {
+            let Some(mut pending) = conn.extras.as_mut().and_then(|extras| extras.pending.take()) else {
                 return Step::Done;
             };
             match write_some(&conn.stream, &pending.rest) {
@@ -501,7 +501,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
                 Ok(n) => {
                     pending.rest.drain(..n);
                     pending.written += n;
-                    conn.rare_mut().pending = Some(pending);
+                    conn.extras_mut().pending = Some(pending);
                     conn.wait(Interest::Writable, service)
                 }
                 Err(e) => failed(conn, "writing the reply", &e),
@@ -548,9 +548,9 @@ pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
         }
         (Phase::Writing, _) => {
             let (written, left) = conn
-                .rare
+                .extras
                 .as_ref()
-                .and_then(|rare| rare.pending.as_ref())
+                .and_then(|extras| extras.pending.as_ref())
                 .map_or((0, 0), |pending| (pending.written, pending.rest.len()));
             warn!(
                 target: "access",

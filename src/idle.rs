@@ -1,11 +1,11 @@
 //! How a job put in the queue reaches a worker that is asleep, with no system call when none is.
 //!
-//! Idle workers sleep in the waiting room's epoll, and the room's bell (an eventfd in it) wakes one. Ringing
-//! costs a system call, so whoever queues a job rings only when a worker sleeps. The race to rule out: a
+//! Idle workers sleep in the waiting room's epoll, and the room's waker (an eventfd in it) wakes one. Waking one
+//! costs a system call, so whoever queues a job wakes a worker only when a worker sleeps. The race to rule out: a
 //! worker finds the queue empty and goes to sleep just as a job arrives. Each side writes first and reads
 //! second, with a SeqCst fence between: the worker counts itself asleep, then looks at the queue again; the
 //! producer queues the job, then looks whether anyone sleeps. At least one of them sees the other's write:
-//! the worker finds the job, or the producer rings (and a ring that comes before the worker sleeps is kept
+//! the worker finds the job, or the producer wakes one (and a wake-up that comes before the worker sleeps is kept
 //! by the eventfd, so its wait returns at once). The model test below runs every interleaving of that.
 //!
 //! This is the only protocol between threads in the pool that is not a lock or a channel.
@@ -57,15 +57,15 @@ mod tests {
 
     use super::*;
 
-    /// The eventfd: a ring is kept until a wait takes it.
+    /// The eventfd: a wake-up is kept until a wait takes it.
     #[derive(Default)]
-    struct Bell {
+    struct Waker {
         rung: Mutex<u32>,
         changed: Condvar,
     }
 
-    impl Bell {
-        fn ring(&self) {
+    impl Waker {
+        fn wake(&self) {
             *self.rung.lock().unwrap() += 1;
             self.changed.notify_one();
         }
@@ -80,29 +80,29 @@ mod tests {
     }
 
     /// Two workers and a producer of two jobs: every job is taken, and no worker sleeps through one (shuttle
-    /// reports a deadlock if a worker waits for a ring that never comes while a job sits in the queue).
+    /// reports a deadlock if a worker waits for a wake-up that never comes while a job sits in the queue).
     fn two_workers_two_jobs() {
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         let idle = Arc::new(Idle::default());
-        let bell = Arc::new(Bell::default());
+        let waker = Arc::new(Waker::default());
         let taken = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..2)
             .map(|_| {
-                let (queue, idle, bell, taken) =
-                    (Arc::clone(&queue), Arc::clone(&idle), Arc::clone(&bell), Arc::clone(&taken));
+                let (queue, idle, waker, taken) =
+                    (Arc::clone(&queue), Arc::clone(&idle), Arc::clone(&waker), Arc::clone(&taken));
                 thread::spawn(move || {
                     while taken.load(SeqCst) < 2 {
                         if queue.lock().unwrap().pop_front().is_some() {
                             taken.fetch_add(1, SeqCst);
                             // The last job taken: the other worker may be asleep, let it see the end.
-                            bell.ring();
+                            waker.wake();
                             continue;
                         }
                         let _asleep = idle.fall_asleep();
                         if !queue.lock().unwrap().is_empty() || taken.load(SeqCst) == 2 {
                             continue;
                         }
-                        bell.wait();
+                        waker.wait();
                     }
                 })
             })
@@ -110,7 +110,7 @@ mod tests {
         for job in 0..2 {
             queue.lock().unwrap().push_back(job);
             if idle.anyone_asleep() {
-                bell.ring();
+                waker.wake();
             }
         }
         for worker in workers {

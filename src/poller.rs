@@ -1,10 +1,10 @@
 //! The waiting room's three kernel objects, through rustix: one epoll that every idle worker waits in, an
-//! eventfd to wake one of them (the bell), and a timerfd that rings at the earliest deadline (the alarm).
+//! eventfd to wake one of them (the waker), and a timerfd that rings at the earliest deadline (the timer).
 //!
 //! Connections are registered one-shot: an event hands the descriptor to exactly one worker and disarms
 //! it, and re-arming (when the connection waits again) makes the kernel look at the socket afresh. So input,
 //! a client's FIN or room to write that arrive while the connection is on a worker are never lost: they are
-//! reported when it is armed again. Bell and alarm are edge-triggered: each ring wakes one waiting worker.
+//! reported when it is armed again. Waker and timer are edge-triggered: each wakes one waiting worker.
 
 use std::{
     io,
@@ -35,31 +35,31 @@ pub(crate) enum Interest {
 pub(crate) enum Ready {
     /// A connection: its descriptor and its tag.
     Conn { fd: u32, tag: u32 },
-    /// The bell rang: work was queued, or something changed that a sleeping worker must look at.
-    Bell,
-    /// The alarm rang: a deadline has passed.
-    Alarm,
+    /// A worker was woken: work was queued, or something changed that a sleeping worker must look at.
+    Wake,
+    /// The timer rang: a deadline has passed.
+    Timer,
 }
 
-const BELL: u64 = u64::MAX;
-const ALARM: u64 = u64::MAX - 1;
+const WAKE: u64 = u64::MAX;
+const TIMER: u64 = u64::MAX - 1;
 
 pub(crate) struct Poller {
     epoll: OwnedFd,
-    bell: OwnedFd,
-    alarm: OwnedFd,
+    waker: OwnedFd,
+    timer: OwnedFd,
 }
 
 impl Poller {
     pub(crate) fn new() -> io::Result<Poller> {
         let epoll = epoll::create(CreateFlags::CLOEXEC)?;
-        let bell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        let alarm =
+        let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let timer =
             timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK)?;
         let edge = EventFlags::IN | EventFlags::ET;
-        epoll::add(&epoll, &bell, EventData::new_u64(BELL), edge)?;
-        epoll::add(&epoll, &alarm, EventData::new_u64(ALARM), edge)?;
-        Ok(Poller { epoll, bell, alarm })
+        epoll::add(&epoll, &waker, EventData::new_u64(WAKE), edge)?;
+        epoll::add(&epoll, &timer, EventData::new_u64(TIMER), edge)?;
+        Ok(Poller { epoll, waker, timer })
     }
 
     /// Arms `fd` for one event of `interest`, reported with the connection's `tag`. `first` registers it (a
@@ -96,24 +96,24 @@ impl Poller {
             Err(e) => return Err(e.into()),
         }
         ready.extend(events.iter().map(|event| match event.data.u64() {
-            BELL => Ready::Bell,
-            ALARM => Ready::Alarm,
+            WAKE => Ready::Wake,
+            TIMER => Ready::Timer,
             token => Ready::Conn { fd: token as u32, tag: (token >> 32) as u32 },
         }));
         Ok(())
     }
 
     /// Wakes one waiting worker, or the next to wait.
-    pub(crate) fn ring(&self) -> io::Result<()> {
-        match rustix::io::write(&self.bell, &1_u64.to_ne_bytes()) {
-            // A full counter: a ring is pending anyway.
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        match rustix::io::write(&self.waker, &1_u64.to_ne_bytes()) {
+            // A full counter: a wake-up is pending anyway.
             Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Sets the alarm to ring at `at` (at once when that has passed), or turns it off.
-    pub(crate) fn set_alarm(&self, at: Option<Instant>) -> io::Result<()> {
+    /// Sets the timer to ring at `at` (at once when that has passed), or turns it off.
+    pub(crate) fn set_timer(&self, at: Option<Instant>) -> io::Result<()> {
         let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
         let value = match at {
             // A zero value would turn it off: a deadline already passed rings in a nanosecond.
@@ -124,6 +124,6 @@ impl Poller {
             None => zero,
         };
         let spec = Itimerspec { it_interval: zero, it_value: value };
-        timerfd_settime(&self.alarm, TimerfdTimerFlags::empty(), &spec).map(drop).map_err(io::Error::from)
+        timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec).map(drop).map_err(io::Error::from)
     }
 }

@@ -5,7 +5,7 @@
 //! message and hands the connection on: closed, or back to the room. With nothing queued, a worker waits
 //! in the room's epoll, so a conversation's next message wakes a worker directly, and nothing runs while
 //! nothing happens. A worker woken with several ready connections keeps one and queues the rest, where an
-//! idle worker (rung awake for them) or the next free one takes them: one slow handler holds one worker and
+//! idle worker (woken for them) or the next free one takes them: one slow handler holds one worker and
 //! one conversation, never the others. Each worker catches panics from the handler, so a bad message
 //! costs one connection, never a worker.
 //!
@@ -40,11 +40,11 @@ use crate::{
 const LOOK_EVERY: Duration = Duration::from_micros(200);
 /// How many events one wait takes from the epoll at most.
 const EVENTS: usize = 64;
-/// How often the room's own thread looks at the room while every worker is busy (see `tend_the_room`).
-const TEND_EVERY: Duration = Duration::from_millis(10);
-/// How often it looks whether they still are, while some worker is idle: with `TEND_EVERY`, the longest a
+/// How often the room's own thread looks at the room while every worker is busy (see `watch_while_busy`).
+const WATCH_EVERY: Duration = Duration::from_millis(10);
+/// How often it looks whether they still are, while some worker is idle: with `WATCH_EVERY`, the longest a
 /// waiting connection goes unseen when every worker is suddenly held by a slow handler.
-const TEND_IDLE_EVERY: Duration = Duration::from_millis(100);
+const WATCH_IDLE_EVERY: Duration = Duration::from_millis(100);
 
 pub(crate) struct Pool {
     context: Arc<Context>,
@@ -95,10 +95,10 @@ impl Pool {
         });
         let (alive, finished) = crossbeam_channel::bounded::<()>(0);
         let (end_tending, tending_ends) = crossbeam_channel::bounded::<()>(0);
-        let tender = Arc::clone(&context);
+        let watcher = Arc::clone(&context);
         let tending = thread::Builder::new()
             .name("waiting-room".to_owned())
-            .spawn(move || tend_the_room(&tender, &tending_ends))
+            .spawn(move || watch_while_busy(&watcher, &tending_ends))
             .map_err(|source| Error::Io { what: "start the waiting room's thread", source })?;
         let mut pool = Pool {
             context,
@@ -137,7 +137,7 @@ impl Pool {
         if self.workers > workers {
             context.retiring.fetch_add(self.workers - workers, SeqCst);
             self.workers = workers;
-            context.room.ring();
+            context.room.wake_one();
         }
         let (ended, running) = self.threads.drain(..).partition(|thread| thread.is_finished());
         self.threads = running;
@@ -155,7 +155,7 @@ impl Pool {
         if conn.has_input() {
             context.queue_or_turn_away(conn, service);
         } else {
-            context.settle(conn::waiting_for_message(conn, service));
+            context.take_step(conn::waiting_for_message(conn, service));
         }
     }
 
@@ -182,7 +182,7 @@ impl Pool {
         let Pool { context, alive, finished, threads, tending: (tending, end_tending), .. } = self;
         drop(alive);
         context.closed.store(true, SeqCst);
-        context.room.ring();
+        context.room.wake_one();
         let stats = Arc::clone(&context.current.get().stats);
         match finished.recv_deadline(Instant::now() + timeout) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {
@@ -202,12 +202,12 @@ impl Context {
     /// queue is full, it gets the busy reply instead.
     fn queue_or_turn_away(&self, conn: Conn, service: &Service) {
         if self.queue.len() >= service.queue_limit {
-            return self.settle(conn::turn_away(conn, service));
+            return self.take_step(conn::turn_away(conn, service));
         }
         match self.queue.send(conn) {
             Ok(()) => {
                 if self.idle.anyone_asleep() {
-                    self.room.ring();
+                    self.room.wake_one();
                 }
             }
             Err(refused) => error!("{}: the queue is closed; closing", refused.into_inner()),
@@ -215,14 +215,14 @@ impl Context {
     }
 
     /// Sends a connection where its step says: back to the room, or (done) nowhere, as it closes.
-    fn settle(&self, step: Step) {
+    fn take_step(&self, step: Step) {
         let Step::Wait(waiting) = step else { return };
         if let Some(conn) = self.room.hold(waiting, &self.gauges) {
             // Its client was ready already: it goes on as if its event had come.
             let service = self.current.get();
             match conn::ready(conn, &service) {
                 Ready::Serve(conn) => self.queue_or_turn_away(conn, &service),
-                Ready::Then(step) => self.settle(step),
+                Ready::Then(step) => self.take_step(step),
             }
         }
     }
@@ -240,14 +240,14 @@ impl Context {
     }
 
     /// A look at the room without waiting, by a worker between jobs or the room's thread: everything it
-    /// finds goes on (messages to the queue). A ring of the bell it took was meant for a sleeping worker,
+    /// finds goes on (messages to the queue). A wake-up it took was meant for a sleeping worker,
     /// so it passes it on.
     fn look(&self, found: &mut Found, service: &Service) {
         match self.room.wait(found, false, &self.gauges) {
-            Ok(bell) => {
+            Ok(wake) => {
                 self.sort(found, service, false);
-                if bell && self.idle.anyone_asleep() {
-                    self.room.ring();
+                if wake && self.idle.anyone_asleep() {
+                    self.room.wake_one();
                 }
             }
             Err(e) => error!("waiting room: epoll failed: {e}"),
@@ -265,7 +265,7 @@ impl Context {
             match conn::ready(conn, service) {
                 Ready::Serve(conn) if keep && mine.is_none() => mine = Some(conn),
                 Ready::Serve(conn) => self.queue_or_turn_away(conn, service),
-                Ready::Then(step) => self.settle(step),
+                Ready::Then(step) => self.take_step(step),
             }
         }
         mine
@@ -273,14 +273,14 @@ impl Context {
 }
 
 /// A worker: serves connections until it is time to end (see `Context::time_to_end`). A worker that ends
-/// rings the room, so that a sleeping one wakes to see whether it is to end too.
+/// wakes the room, so that a sleeping one wakes to see whether it is to end too.
 fn work(context: &Context, jobs: &Receiver<Conn>) {
     let mut buf = Vec::new();
     let mut found = Found::with_capacity(EVENTS);
     let mut last_look = Instant::now();
     loop {
         if context.time_to_end() {
-            context.room.ring();
+            context.room.wake_one();
             return;
         }
         let job = match jobs.try_recv() {
@@ -314,31 +314,31 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
 
 /// Serves one message of `conn`, counted as a busy worker, and sends the connection on.
 fn serve(context: &Context, conn: Conn, service: &Service, buf: &mut [u8]) {
-    let who = conn.who();
+    let origin = conn.origin();
     let busy = context.gauges.busy();
     let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, buf)));
     drop(busy);
     match served {
-        Ok(step) => context.settle(step),
+        Ok(step) => context.take_step(step),
         // The connection was dropped (closed, and counted as an error) as the panic unwound.
-        Err(_) => error!("{who}: the handler panicked; closed this connection, the worker goes on"),
+        Err(_) => error!("{origin}: the handler panicked; closed this connection, the worker goes on"),
     }
 }
 
 /// The room's own thread. Idle workers wait in the room, so while any does, this thread only looks at the
-/// clock, every `TEND_IDLE_EVERY`. When every worker is busy (each held by a handler, say), it looks at the
-/// room itself every `TEND_EVERY`: deadlines pass, replies that did not fit are finished, lingering
+/// clock, every `WATCH_IDLE_EVERY`. When every worker is busy (each held by a handler, say), it looks at the
+/// room itself every `WATCH_EVERY`: deadlines pass, replies that did not fit are finished, lingering
 /// connections close, and a conversation's message goes to the queue or gets the busy reply. Ends when
 /// `ends` disconnects.
-fn tend_the_room(context: &Context, ends: &Receiver<()>) {
+fn watch_while_busy(context: &Context, ends: &Receiver<()>) {
     let mut found = Found::with_capacity(EVENTS);
-    let mut every = TEND_IDLE_EVERY;
+    let mut every = WATCH_IDLE_EVERY;
     while let Err(RecvTimeoutError::Timeout) = ends.recv_timeout(every) {
         if context.idle.anyone_asleep() || context.gauges.waiting() == 0 {
-            every = TEND_IDLE_EVERY;
+            every = WATCH_IDLE_EVERY;
             continue;
         }
-        every = TEND_EVERY;
+        every = WATCH_EVERY;
         context.look(&mut found, &context.current.get());
     }
 }

@@ -4,7 +4,7 @@
 //! clients). Here nothing waits on a worker: a connection whose first or next message has not arrived, whose
 //! reply did not fit the socket buffer, or whose leftover input must drain before the close is put in the
 //! room (`hold`), and waits in its one epoll. Idle workers wait there too: the event for a ready connection
-//! goes to one of them, which takes the connection out (`take_ready`) and carries on with it. The alarm
+//! goes to one of them, which takes the connection out (`take_ready`) and carries on with it. The timer
 //! rings at the earliest deadline, and the worker it wakes closes what is due (`expire`).
 //!
 //! What the threads share is one lock around the books (`books::Books`, which holds the connections and
@@ -82,15 +82,15 @@ impl Room {
     }
 
     /// Waits for what is ready (at most until something is, when `block`; else only a look) and takes
-    /// the connections out: those whose client is ready, and, when the alarm rang, those whose deadline
-    /// passed. Returns whether the bell rang.
+    /// the connections out: those whose client is ready, and, when the timer rang, those whose deadline
+    /// passed. Returns whether a worker was woken.
     pub(crate) fn wait(&self, found: &mut Found, block: bool, gauges: &Gauges) -> io::Result<bool> {
         let timeout = if block { None } else { Some(Duration::ZERO) };
         self.poller.wait(&mut found.events, timeout, &mut found.readiness)?;
         if found.readiness.is_empty() {
             return Ok(false);
         }
-        let mut bell = false;
+        let mut woken = false;
         let mut books = self.books.lock();
         for &ready in &found.readiness {
             match ready {
@@ -99,15 +99,15 @@ impl Room {
                         found.ready.push(waiting.conn);
                     }
                 }
-                Ready::Bell => bell = true,
-                Ready::Alarm => {
+                Ready::Wake => woken = true,
+                Ready::Timer => {
                     let now = Instant::now();
                     found.expired.extend(books.expire(now).into_iter().map(|(w, why)| (w.conn, why)));
                 }
             }
         }
         self.after_change(&mut books, gauges);
-        Ok(bell)
+        Ok(woken)
     }
 
     /// The stop: connections waiting for a message get `STOP_GRACE` at most, from now or from when they
@@ -119,20 +119,20 @@ impl Room {
     }
 
     /// Wakes one waiting worker (or the next to wait).
-    pub(crate) fn ring(&self) {
-        if let Err(e) = self.poller.ring() {
+    pub(crate) fn wake_one(&self) {
+        if let Err(e) = self.poller.wake() {
             error!("cannot wake a worker: {e}");
         }
     }
 
-    /// Publishes the count for the gauge, and moves the alarm when the earliest deadline changed (under the
+    /// Publishes the count for the gauge, and moves the timer when the earliest deadline changed (under the
     /// lock, so that two changes cannot set it out of order).
     fn after_change(&self, books: &mut Books<Waiting>, gauges: &Gauges) {
         gauges.set_waiting(books.len());
-        if let Some(at) = books.alarm()
-            && let Err(e) = self.poller.set_alarm(at)
+        if let Some(at) = books.timer_change()
+            && let Err(e) = self.poller.set_timer(at)
         {
-            error!("cannot set the waiting room's alarm: {e}; deadlines are late");
+            error!("cannot set the waiting room's timer: {e}; deadlines are late");
         }
     }
 }
