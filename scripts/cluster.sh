@@ -10,9 +10,9 @@ usage: scripts/cluster.sh [--name NAME] COMMAND [OPTIONS]
 
 Runs N poolserver hosts as network namespaces (NAME-h1 .. NAME-hN, 198.18.0.11, .12, ...) joined by a bridge
 in a namespace of their own (NAME-lb, 198.18.0.1), and HAProxy in front, on 127.0.0.1. Each host runs two
-poolserver processes with --proxy-protocol: port 8001 answers one message per connection (the tutorial's
-one-shot clients), port 8002 runs --keep-alive (conversations). They are two HAProxy backends, with one
-frontend each. Run as root.
+poolserver processes with --proxy-protocol and --proxy-from 198.18.0.1 (only HAProxy's headers are
+believed): port 8001 answers one message per connection (the tutorial's one-shot clients), port 8002 runs
+--keep-alive (conversations). They are two HAProxy backends, with one frontend each. Run as root.
 
 commands:
   up       create the hosts, start the backends and HAProxy, wait until every health check passes
@@ -322,7 +322,7 @@ start_backend() {
     before=$(stat -c %s "$log")
     # shellcheck disable=SC2086 # pool_args holds whole options, split on purpose
     setsid ip netns exec "$(host_ns "$k")" "$bin" serve --bind "$(host_addr "$k"):${pool_port[$pool]}" \
-        --proxy-protocol ${pool_args[$pool]} </dev/null >>"$log" 2>&1 &
+        --proxy-protocol --proxy-from "$lb_addr" ${pool_args[$pool]} </dev/null >>"$log" 2>&1 &
     pid=$!
     track "$what" "$pid"
     deadline=$(($(now_us) + 15000000))

@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use crate::error::Error;
 pub use crate::limits::MAX_CONNECTIONS_LIMIT;
+use crate::{cidr::Cidr, error::Error};
 
 // Every default and every limit lives here, once: `Config::default()` and `Config::validate` use them, the
 // binary's `--help`, `--check` and man page print them, and `tests/defaults.rs` holds the sample config and
@@ -133,6 +133,11 @@ pub struct Config {
     pub reuse_port: bool,
     /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the peers (load balancers) whose PROXY headers are believed. A connection from
+    /// any other peer is refused: closed without a reply and counted as an error. `None`: every peer's
+    /// header is believed, so anyone who reaches the port can claim any client address. Without
+    /// `proxy_protocol` no header is read, and this has no effect.
+    pub proxy_from: Option<Vec<Cidr>>,
     /// The most connections open at once: queued, on a worker, or waiting. At the cap the server accepts
     /// no more until one closes, and new clients wait in the listen backlog. `None`: the soft limit on file
     /// descriptors when the server starts, less 64 for the server's own files (half the limit below 128).
@@ -160,6 +165,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             reuse_port: false,
             proxy_protocol: false,
+            proxy_from: None,
             max_connections: None,
             max_per_client: None,
         }
@@ -198,6 +204,9 @@ impl Config {
             if let Err(why) = check_duration(value) {
                 return bad(field, why);
             }
+        }
+        if self.proxy_from.as_ref().is_some_and(Vec::is_empty) {
+            return bad("proxy_from", "must name at least one address range".to_owned());
         }
         if self.reply.is_empty() {
             return bad(
@@ -258,5 +267,9 @@ mod tests {
         assert!(refused(|c| c.reply.clear()).starts_with("reply: must not be empty"));
         assert_eq!(refused(|c| c.max_connections = Some(0)), "max_connections: must be at least 1");
         assert_eq!(refused(|c| c.max_per_client = Some(0)), "max_per_client: must be at least 1");
+        assert_eq!(
+            refused(|c| c.proxy_from = Some(Vec::new())),
+            "proxy_from: must name at least one address range"
+        );
     }
 }

@@ -11,8 +11,9 @@
 //! Sockets are non-blocking and nothing here waits: a step that would wait returns the connection as
 //! [`Step::Wait`] with what it waits for and until when, and the waiting room does the waiting. The
 //! connection is a value that moves (queue, worker, room), so exactly one place holds it at a time, and it
-//! carries its place in the open count ([`Open`]) and in its client's count ([`Quota`]), given back when
-//! it is dropped.
+//! carries its place in the counts ([`Tally`]: open, then how it ended) and in its client's count
+//! ([`Quota`]), given back when it is dropped. Every step that ends a connection says how (`finish`);
+//! the count happens as it drops.
 
 use std::{
     fmt,
@@ -25,13 +26,14 @@ use std::{
 use log::{info, warn};
 
 use crate::{
-    epoll::Interest,
+    books::Expiry,
     handler::{Message, State},
     limits::Quota,
+    poller::Interest,
     preview::Preview,
     proxy::{self, HeaderRead},
     service::Service,
-    stats::{Ending, Open},
+    stats::{Ending, Tally},
     sys,
 };
 
@@ -57,10 +59,10 @@ pub(crate) struct Conn {
     /// The handler's state for this conversation.
     state: State,
     /// What only some connections need, boxed so the common one stays small.
-    rare: Option<Box<Rare>>,
+    extras: Option<Box<Extras>>,
     /// Registered with the waiting room's epoll (for as long as the socket lives).
     registered: bool,
-    _open: Open,
+    tally: Tally,
     /// Its place under `max_per_client`.
     quota: Quota,
 }
@@ -72,7 +74,7 @@ enum Phase {
     New,
     /// A conversation between messages: the last reply was finished at this instant.
     Idle(Instant),
-    /// A reply is being written; the rest is in `Rare::pending`.
+    /// A reply is being written; the rest is in `Extras::pending`.
     Writing,
     /// The last reply and our FIN are sent; the client's leftover input is read and dropped until it
     /// finishes, or until the bounds.
@@ -80,7 +82,7 @@ enum Phase {
 }
 
 #[derive(Default)]
-struct Rare {
+struct Extras {
     /// The client a PROXY protocol header named, when it named one.
     client: Option<SocketAddr>,
     preamble: Preamble,
@@ -109,8 +111,6 @@ struct Pending {
     close_after: bool,
     /// The client may still be sending the rest of a long message.
     may_send_more: bool,
-    /// The message filled the read buffer: more input may be waiting already.
-    filled: bool,
     /// The message's length and escaped preview, for the access log once the reply is out.
     message_len: usize,
     preview: String,
@@ -138,15 +138,13 @@ pub(crate) struct Waiting {
     pub(crate) conn: Conn,
     pub(crate) interest: Interest,
     pub(crate) deadline: Instant,
-    /// Input is known to be waiting already (the last read filled the buffer): no event will announce it.
-    pub(crate) input_pending: bool,
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, open: Open, service: &Service) -> Conn {
-        let rare = service
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, tally: Tally, service: &Service) -> Conn {
+        let extras = service
             .proxy_protocol
-            .then(|| Box::new(Rare { preamble: Preamble::ProxyHeader(Vec::new()), ..Rare::default() }));
+            .then(|| Box::new(Extras { preamble: Preamble::ProxyHeader(Vec::new()), ..Extras::default() }));
         Conn {
             stream,
             peer,
@@ -155,9 +153,9 @@ impl Conn {
             phase: Phase::New,
             messages: 0,
             state: service.protocol.new_state(),
-            rare,
+            extras,
             registered: false,
-            _open: open,
+            tally,
             // Behind a load balancer the client is known once the PROXY header has been read.
             quota: if service.proxy_protocol { Quota::Free } else { client_quota(service, peer) },
         }
@@ -186,22 +184,28 @@ impl Conn {
         self.registered = true;
     }
 
-    /// Whether it waits between two messages of a conversation.
-    pub(crate) fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::Idle(_))
+    /// Whether it waits for its first or next message (rather than for work under way to finish).
+    pub(crate) fn waits_for_message(&self) -> bool {
+        matches!(self.phase, Phase::New | Phase::Idle(_))
+    }
+
+    /// Ends the connection, counted as `ending`; the socket closes as it drops.
+    fn finish(mut self, ending: Ending) -> Step {
+        self.tally.end(ending);
+        Step::Done
     }
 
     /// The client it speaks for: the peer, or the source a PROXY protocol header named.
     fn client(&self) -> SocketAddr {
-        self.rare.as_ref().and_then(|rare| rare.client).unwrap_or(self.peer)
+        self.extras.as_ref().and_then(|extras| extras.client).unwrap_or(self.peer)
     }
 
-    fn rare_mut(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     fn expects_proxy_header(&self) -> bool {
-        matches!(self.rare.as_deref(), Some(Rare { preamble: Preamble::ProxyHeader(_), .. }))
+        matches!(self.extras.as_deref(), Some(Extras { preamble: Preamble::ProxyHeader(_), .. }))
     }
 
     /// Waits in the room for `interest` until the deadline of its phase.
@@ -210,13 +214,13 @@ impl Conn {
             Phase::New => self.first_deadline(service),
             Phase::Idle(since) => since + service.idle_timeout,
             Phase::Writing => self
-                .rare
+                .extras
                 .as_ref()
-                .and_then(|rare| rare.pending.as_ref())
+                .and_then(|extras| extras.pending.as_ref())
                 .map_or_else(Instant::now, |p| p.deadline),
             Phase::Lingering { since, .. } => since + service.read_timeout,
         };
-        Step::Wait(Waiting { conn: self, interest, deadline, input_pending: false })
+        Step::Wait(Waiting { conn: self, interest, deadline })
     }
 
     /// The first message's deadline counts from when the client connected, by its clock: when our first
@@ -227,17 +231,17 @@ impl Conn {
     /// accepted it. A client that came in through SYN cookies (which skip the defer) had none: it connected
     /// when we accepted it.
     fn first_deadline(&mut self, service: &Service) -> Instant {
-        if let Some(deadline) = self.rare.as_ref().and_then(|rare| rare.first_deadline) {
+        if let Some(deadline) = self.extras.as_ref().and_then(|extras| extras.first_deadline) {
             return deadline;
         }
         let retransmits = if self.sent_nothing() { sys::synack_retransmits(self.stream.as_fd()) } else { 0 };
         let held = SYNACK_TIMEOUT * ((1_u32 << retransmits.min(MAX_RETRANSMITS)) - 1);
         let connected = self.accepted.checked_sub(held).unwrap_or(self.accepted);
-        *self.rare_mut().first_deadline.insert(connected + service.read_timeout)
+        *self.extras_mut().first_deadline.insert(connected + service.read_timeout)
     }
 
     fn sent_nothing(&self) -> bool {
-        match self.rare.as_deref().map(|rare| &rare.preamble) {
+        match self.extras.as_deref().map(|extras| &extras.preamble) {
             None | Some(Preamble::None) => self.messages == 0,
             Some(Preamble::ProxyHeader(received)) => received.is_empty(),
             Some(Preamble::Early(_)) => false,
@@ -246,26 +250,26 @@ impl Conn {
 }
 
 impl Conn {
-    /// Who this connection is, for the log; cheap to keep after the connection has moved on.
-    pub(crate) fn who(&self) -> Who {
-        Who { client: self.client(), peer: self.peer }
+    /// Origin this connection is, for the log; cheap to keep after the connection has moved on.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin { client: self.client(), peer: self.peer }
     }
 }
 
 impl fmt::Display for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.who().fmt(f)
+        self.origin().fmt(f)
     }
 }
 
 /// Shows the client, and the peer it came through when a load balancer stands between.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Who {
+pub(crate) struct Origin {
     client: SocketAddr,
     peer: SocketAddr,
 }
 
-impl fmt::Display for Who {
+impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.client == self.peer {
             write!(f, "{}", self.client)
@@ -284,8 +288,8 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
     if let Quota::Over { open } = conn.quota {
         return turn_away_client(conn, service, open);
     }
-    let early = match conn.rare.as_deref_mut() {
-        Some(rare) if matches!(rare.preamble, Preamble::Early(_)) => std::mem::take(&mut rare.preamble),
+    let early = match conn.extras.as_deref_mut() {
+        Some(extras) if matches!(extras.preamble, Preamble::Early(_)) => std::mem::take(&mut extras.preamble),
         _ => Preamble::None,
     };
     let received = if let Preamble::Early(early) = early {
@@ -295,13 +299,13 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
         n + if n < buf.len() { (&conn.stream).read(&mut buf[n..]).unwrap_or(0) } else { 0 }
     } else {
         match (&conn.stream).read(buf) {
-            Ok(0) => return client_closed(conn, service),
+            Ok(0) => return client_closed(conn),
             Ok(n) => n,
             // Not here yet: wait for it without holding a worker.
             Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => {
                 return waiting_for_message(conn, service);
             }
-            Err(e) => return failed(&conn, service, "reading a message", &e),
+            Err(e) => return failed(conn, "reading a message", &e),
         }
     };
     answer(conn, service, &buf[..received], buf.len())
@@ -317,27 +321,29 @@ enum Header {
 
 /// Reads what has arrived of the PROXY header, when one is expected.
 fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
-    let Some(Rare { preamble: Preamble::ProxyHeader(received), .. }) = conn.rare.as_deref_mut() else {
+    let Some(Extras { preamble: Preamble::ProxyHeader(received), .. }) = conn.extras.as_deref_mut() else {
         return Header::Read(conn);
     };
-    Header::Then(match proxy::read_header(&conn.stream, received) {
+    Header::Then(match proxy::read_header(&conn.stream, received, conn.peer, service.proxy_from.as_deref()) {
         HeaderRead::More => waiting_for_message(conn, service),
         HeaderRead::Done { source, rest } => {
-            let rare = conn.rare_mut();
-            rare.client = source;
-            rare.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
+            let extras = conn.extras_mut();
+            extras.client = source;
+            extras.preamble = if rest.is_empty() { Preamble::None } else { Preamble::Early(rest) };
             conn.quota = client_quota(service, conn.client());
             return Header::Read(conn);
         }
         HeaderRead::Closed => {
             info!(target: "access", "{conn} closed the connection without sending a PROXY header");
-            ended(service, Ending::HungUp)
+            conn.finish(Ending::HungUp)
         }
+        // A peer not in proxy_from: proxy::read_header logged it (throttled).
+        HeaderRead::Refused => conn.finish(Ending::Error),
         HeaderRead::Failed(reason) => {
             warn!(target: "access", "{}: PROXY protocol error: {reason}; closed", conn.peer);
-            ended(service, Ending::Error)
+            conn.finish(Ending::Error)
         }
-        HeaderRead::Io(e) => failed(&conn, service, "reading the PROXY header", &e),
+        HeaderRead::Io(e) => failed(conn, "reading the PROXY header", &e),
     })
 }
 
@@ -345,7 +351,7 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
 pub(crate) fn waiting_for_message(conn: Conn, service: &Service) -> Step {
     match conn.wait(Interest::Readable, service) {
         Step::Wait(waiting) if waiting.deadline <= Instant::now() => {
-            expired(waiting.conn, service);
+            expired(waiting.conn, service, Expiry::Deadline);
             Step::Done
         }
         next => next,
@@ -353,15 +359,15 @@ pub(crate) fn waiting_for_message(conn: Conn, service: &Service) -> Step {
 }
 
 /// The client closed its side: before its first message it hung up; in a conversation, it said goodbye.
-fn client_closed(conn: Conn, service: &Service) -> Step {
+fn client_closed(conn: Conn) -> Step {
     match conn.phase {
         Phase::Idle(_) => {
             info!(target: "access", "{conn} ended the conversation after {} messages, {:.1?}", conn.messages, conn.accepted.elapsed());
-            ended(service, Ending::Served)
+            conn.finish(Ending::Served)
         }
         _ => {
             info!(target: "access", "{conn} closed the connection without sending a message");
-            ended(service, Ending::HungUp)
+            conn.finish(Ending::HungUp)
         }
     }
 }
@@ -378,19 +384,18 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
     let may_send_more = message.len() >= LINGER_FROM || filled;
     let written = match write_some(&conn.stream, &reply.bytes) {
         Ok(written) => written,
-        Err(e) => return failed(&conn, service, "writing the reply", &e),
+        Err(e) => return failed(conn, "writing the reply", &e),
     };
     if written == reply.bytes.len() {
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
-        return replied(conn, service, After { close: reply.close, may_send_more, filled }, started);
+        return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
-    conn.rare_mut().pending = Some(Pending {
+    conn.extras_mut().pending = Some(Pending {
         rest: reply.bytes[written..].to_vec(),
         written,
         deadline: Instant::now() + service.write_timeout,
         close_after: reply.close,
         may_send_more,
-        filled,
         message_len: message.len(),
         preview: Preview(message).to_string(),
         started,
@@ -429,7 +434,6 @@ struct After {
     /// The handler ended the conversation.
     close: bool,
     may_send_more: bool,
-    filled: bool,
 }
 
 /// The whole reply is out: the conversation goes on, or the connection closes.
@@ -437,12 +441,9 @@ fn replied(mut conn: Conn, service: &Service, after: After, started: Instant) ->
     service.stats.answered(started.elapsed());
     if service.keep_alive && !after.close && !service.is_stopping() {
         conn.phase = Phase::Idle(Instant::now());
-        return match conn.wait(Interest::Readable, service) {
-            Step::Wait(waiting) => Step::Wait(Waiting { input_pending: after.filled, ..waiting }),
-            done => done,
-        };
+        return conn.wait(Interest::Readable, service);
     }
-    service.stats.count(Ending::Served);
+    conn.tally.end(Ending::Served);
     close_gracefully(conn, service, after.may_send_more)
 }
 
@@ -468,19 +469,19 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
 }
 
 /// In the room: the connection is ready for what it waited for.
-pub(crate) fn ready(conn: Conn, service: &Service, buf: &mut [u8]) -> Ready {
+pub(crate) fn ready(conn: Conn, service: &Service) -> Ready {
     match conn.phase {
         Phase::New | Phase::Idle(_) => Ready::Serve(conn),
-        _ => Ready::Then(finish_waiting(conn, service, buf)),
+        _ => Ready::Then(finish_waiting(conn, service)),
     }
 }
 
 /// The room's part of writing a reply that did not fit, and of lingering.
-fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
+fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
     match conn.phase {
         Phase::New | Phase::Idle(_) => conn.wait(Interest::Readable, service),
         Phase::Writing => {
-            let Some(mut pending) = conn.rare.as_mut().and_then(|rare| rare.pending.take()) else {
+            let Some(mut pending) = conn.extras.as_mut().and_then(|extras| extras.pending.take()) else {
                 return Step::Done;
             };
             match write_some(&conn.stream, &pending.rest) {
@@ -494,24 +495,21 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
                         reply_len,
                         pending.started,
                     );
-                    let after = After {
-                        close: pending.close_after,
-                        may_send_more: pending.may_send_more,
-                        filled: pending.filled,
-                    };
+                    let after = After { close: pending.close_after, may_send_more: pending.may_send_more };
                     replied(conn, service, after, pending.started)
                 }
                 Ok(n) => {
                     pending.rest.drain(..n);
                     pending.written += n;
-                    conn.rare_mut().pending = Some(pending);
+                    conn.extras_mut().pending = Some(pending);
                     conn.wait(Interest::Writable, service)
                 }
-                Err(e) => failed(&conn, service, "writing the reply", &e),
+                Err(e) => failed(conn, "writing the reply", &e),
             }
         }
         Phase::Lingering { since, mut discarded } => loop {
-            match (&conn.stream).read(buf) {
+            let mut scratch = [0; 16 * 1024];
+            match (&conn.stream).read(&mut scratch) {
                 Ok(0) => return Step::Done,
                 Ok(n) => {
                     discarded += n;
@@ -531,23 +529,28 @@ fn finish_waiting(mut conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
     }
 }
 
-/// In the room: the connection's deadline has passed. It closes as it drops.
-pub(crate) fn expired(conn: Conn, service: &Service) {
-    match conn.phase {
-        Phase::New => {
+/// In the room: the connection's deadline, or the stop's grace, has passed. It closes as it drops.
+pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
+    let ending = match (conn.phase, why) {
+        (Phase::New | Phase::Idle(_), Expiry::Stop) => {
+            let before = if conn.messages == 0 { "before its first message" } else { "between messages" };
+            info!(target: "access", "{conn} closed at the stop, {before} ({} messages)", conn.messages);
+            Ending::IdleClosed
+        }
+        (Phase::New, Expiry::Deadline) => {
             let awaited = if conn.expects_proxy_header() { "PROXY header" } else { "message" };
             info!(target: "access", "{conn} timed out: no {awaited} within {:?}", service.read_timeout);
-            service.stats.count(Ending::TimedOut);
+            Ending::TimedOut
         }
-        Phase::Idle(_) => {
+        (Phase::Idle(_), Expiry::Deadline) => {
             info!(target: "access", "{conn} closed after {:?} without a message ({} messages)", service.idle_timeout, conn.messages);
-            service.stats.count(Ending::IdleClosed);
+            Ending::IdleClosed
         }
-        Phase::Writing => {
+        (Phase::Writing, _) => {
             let (written, left) = conn
-                .rare
+                .extras
                 .as_ref()
-                .and_then(|rare| rare.pending.as_ref())
+                .and_then(|extras| extras.pending.as_ref())
                 .map_or((0, 0), |pending| (pending.written, pending.rest.len()));
             warn!(
                 target: "access",
@@ -557,25 +560,15 @@ pub(crate) fn expired(conn: Conn, service: &Service) {
             );
             // A reset, not a FIN: a reply cut short must not look complete.
             let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
-            service.stats.count(Ending::TimedOut);
+            Ending::TimedOut
         }
-        Phase::Lingering { discarded, .. } => {
+        (Phase::Lingering { discarded, .. }, _) => {
             info!(target: "access", "{conn}: stopped discarding its input after {discarded} B and {:?}", service.read_timeout);
+            // Served already: the ending was said when the reply was out.
+            return;
         }
-    }
-}
-
-/// In the room, when the server stops: a conversation between messages ends now, unless its next message
-/// is already here, which is answered first.
-pub(crate) fn stop_idle(conn: Conn, service: &Service) -> Ready {
-    let mut byte = [0; 1];
-    let waiting_input = matches!(conn.stream.peek(&mut byte), Ok(n) if n > 0);
-    if waiting_input {
-        return Ready::Serve(conn);
-    }
-    info!(target: "access", "{conn} closed at the stop, idle after {} messages", conn.messages);
-    service.stats.count(Ending::IdleClosed);
-    Ready::Then(Step::Done)
+    };
+    conn.tally.end(ending);
 }
 
 /// Answers a message that found every worker busy and the queue full, then closes as a served connection
@@ -597,11 +590,12 @@ fn turn_away_client(conn: Conn, service: &Service, open: usize) -> Step {
 fn refuse(conn: Conn, service: &Service, why: fmt::Arguments<'_>) -> Step {
     let mut byte = [0; 1];
     if matches!(conn.stream.peek(&mut byte), Ok(0)) {
-        return client_closed(conn, service);
+        return client_closed(conn);
     }
+    let mut conn = conn;
     let _ = (&conn.stream).write(&service.busy_reply);
     warn!(target: "access", "{conn} turned away with the busy reply: {why}");
-    service.stats.count(Ending::Busy);
+    conn.tally.end(Ending::Busy);
     close_gracefully(conn, service, true)
 }
 
@@ -625,19 +619,14 @@ fn write_some(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
     Ok(written)
 }
 
-fn ended(service: &Service, ending: Ending) -> Step {
-    service.stats.count(ending);
-    Step::Done
-}
-
 /// Logs an I/O failure at the right level: a client that hung up is routine, anything else is worth a warning.
-fn failed(conn: &Conn, service: &Service, doing: &str, error: &io::Error) -> Step {
+fn failed(conn: Conn, doing: &str, error: &io::Error) -> Step {
     if is_client_disconnect(error) {
         info!(target: "access", "{conn} hung up while we were {doing}: {error}");
-        ended(service, Ending::HungUp)
+        conn.finish(Ending::HungUp)
     } else {
         warn!(target: "access", "{conn}: failed {doing}: {error}");
-        ended(service, Ending::Error)
+        conn.finish(Ending::Error)
     }
 }
 

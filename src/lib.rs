@@ -39,27 +39,32 @@
 //! # Ok::<(), poolserver::Error>(())
 //! ```
 
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod books;
+mod cidr;
 pub mod config;
 mod conn;
-mod epoll;
 mod error;
 mod handler;
+mod idle;
 mod limits;
 mod listener;
 mod monitor;
+mod poller;
 mod pool;
 mod preview;
 mod proxy;
+mod room;
 mod server;
 mod service;
 mod stats;
 mod stop;
 mod sys;
 mod systemd;
-mod waiting;
 
+pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Mode};
 pub use error::Error;
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};

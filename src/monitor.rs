@@ -74,10 +74,10 @@ impl Monitor {
         Snapshot {
             summary: service.stats.summary(),
             open: self.open.get(),
-            waiting: self.gauges.waiting.load(Relaxed),
+            waiting: self.gauges.waiting(),
             queued: self.queue.len(),
             queue_capacity: service.queue_limit,
-            busy_workers: self.gauges.busy_workers.load(Relaxed),
+            busy_workers: self.gauges.busy_workers(),
             workers: self.gauges.workers.load(Relaxed),
             service_times: service.stats.service_times(),
         }

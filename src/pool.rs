@@ -1,54 +1,76 @@
-//! The fixed pool of worker threads behind a bounded crossbeam channel, the waiting room beside it, and
-//! their orderly stop.
+//! The fixed pool of worker threads, the queue that feeds it, and its orderly stop.
 //!
-//! The accept loop `dispatch`es each new connection to the queue; when the queue is full the connection
-//! goes to the waiting room instead, which gives it the busy reply only once it has a message in hand (a
-//! silent connection is never turned away for being silent). A worker serves one message and hands the
-//! connection on: closed, or back to the waiting room. Each worker catches panics from the handler, so a
-//! bad message costs one connection, never a worker. The stop drops the accept loop's sender; the waiting
-//! room ends idle conversations and runs until every connection has closed, and the workers finish the
-//! queue and end with it.
+//! The accept loop `dispatch`es each new connection: to the queue when its message is here, to the waiting
+//! room when it is silent (a silent connection never takes a queue slot or a worker). A worker serves one
+//! message and hands the connection on: closed, or back to the room. With nothing queued, a worker waits
+//! in the room's epoll, so a conversation's next message wakes a worker directly, and nothing runs while
+//! nothing happens. A worker woken with several ready connections keeps one and queues the rest, where an
+//! idle worker (woken for them) or the next free one takes them: one slow handler holds one worker and
+//! one conversation, never the others. Each worker catches panics from the handler, so a bad message
+//! costs one connection, never a worker.
+//!
+//! What crosses threads: the queue (a crossbeam channel of connections), the room (one lock around its
+//! books, and the kernel's epoll), the count of sleeping workers (`idle`), and the stop flags.
 
 use std::{
-    hint,
     panic::{self, AssertUnwindSafe},
     sync::{
         Arc,
-        atomic::{
-            AtomicUsize,
-            Ordering::{Relaxed, SeqCst},
-        },
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::error;
 
 use crate::{
-    conn::{self, Conn, Step},
+    conn::{self, Conn, Ready, Step},
     error::Error,
+    idle::Idle,
+    room::{Found, Room},
     service::{Current, Service},
-    stats::{Ending, Gauges, OpenCount, Summary},
-    waiting::{Door, WaitingRoom},
+    stats::{Gauges, OpenCount, Summary},
 };
 
+/// A worker between jobs looks at the room when it has not for this long, so that waiting conversations
+/// are seen even while the queue never runs dry (their messages then queue behind the others, or get the
+/// busy reply).
+const LOOK_EVERY: Duration = Duration::from_micros(200);
+/// How many events one wait takes from the epoll at most.
+const EVENTS: usize = 64;
+/// How often the room's own thread looks at the room while every worker is busy (see `watch_while_busy`).
+const WATCH_EVERY: Duration = Duration::from_millis(10);
+/// How often it looks whether they still are, while some worker is idle: with `WATCH_EVERY`, the longest a
+/// waiting connection goes unseen when every worker is suddenly held by a slow handler.
+const WATCH_IDLE_EVERY: Duration = Duration::from_millis(100);
+
 pub(crate) struct Pool {
-    queue: Sender<Conn>,
+    context: Arc<Context>,
     jobs: Receiver<Conn>,
-    door: Door,
-    current: Arc<Current>,
-    open: Arc<OpenCount>,
-    gauges: Arc<Gauges>,
-    /// Each thread of the pool holds a clone and never sends; `finished` disconnects when all have ended.
+    /// Each worker holds a clone and never sends; `finished` disconnects when all have ended.
     alive: Sender<()>,
     finished: Receiver<()>,
     threads: Vec<thread::JoinHandle<()>>,
-    /// Workers asked to end after their current job (the pool was made smaller).
-    retiring: Arc<AtomicUsize>,
     workers: usize,
     next_worker_id: usize,
+    /// The room's own thread, and the sender whose drop ends it.
+    tending: (thread::JoinHandle<()>, Sender<()>),
+}
+
+/// What the workers and the accept loop share.
+struct Context {
+    queue: Sender<Conn>,
+    room: Room,
+    idle: Idle,
+    current: Arc<Current>,
+    open: Arc<OpenCount>,
+    gauges: Arc<Gauges>,
+    /// Workers asked to end after their current job (the pool was made smaller).
+    retiring: AtomicUsize,
+    /// The accept loop has handed in its last connection: workers end once none is open.
+    closed: AtomicBool,
 }
 
 impl Pool {
@@ -60,191 +82,263 @@ impl Pool {
         open: Arc<OpenCount>,
         gauges: Arc<Gauges>,
     ) -> Result<Pool, Error> {
-        let (room, door) =
-            WaitingRoom::new(queue.clone(), Arc::clone(&current), Arc::clone(&open), Arc::clone(&gauges))?;
-        let (alive, finished) = crossbeam_channel::bounded::<()>(0);
-        let room_alive = alive.clone();
-        let room = spawn(
-            "waiting-room".to_owned(),
-            Box::new(move || {
-                let _alive = room_alive;
-                room.run();
-            }),
-        )?;
-        let mut pool = Pool {
+        let room = Room::new().map_err(|source| Error::Io { what: "create the waiting room", source })?;
+        let context = Arc::new(Context {
             queue,
-            jobs,
-            door,
+            room,
+            idle: Idle::default(),
             current,
             open,
             gauges,
+            retiring: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let (alive, finished) = crossbeam_channel::bounded::<()>(0);
+        let (end_tending, tending_ends) = crossbeam_channel::bounded::<()>(0);
+        let watcher = Arc::clone(&context);
+        let tending = thread::Builder::new()
+            .name("waiting-room".to_owned())
+            .spawn(move || watch_while_busy(&watcher, &tending_ends))
+            .map_err(|source| Error::Io { what: "start the waiting room's thread", source })?;
+        let mut pool = Pool {
+            context,
+            jobs,
             alive,
             finished,
-            threads: vec![room],
-            retiring: Arc::default(),
+            threads: Vec::new(),
             workers: 0,
             next_worker_id: 0,
+            tending: (tending, end_tending),
         };
         pool.resize(workers)?;
         Ok(pool)
     }
 
     /// Makes the pool `workers` strong: starts new workers, or asks some to end after the job they are on
-    /// (a sleeping one ends when it is next woken, so for a while it only waits).
+    /// (a sleeping one is woken for it). Workers that have ended are joined here.
     pub(crate) fn resize(&mut self, workers: usize) -> Result<(), Error> {
+        let context = &self.context;
         while self.workers < workers {
             // A worker still asked to retire stays instead of a new one starting.
-            if self.retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err() {
-                let (jobs, door, current) = (self.jobs.clone(), self.door.clone(), Arc::clone(&self.current));
-                let (gauges, retiring, alive) =
-                    (Arc::clone(&self.gauges), Arc::clone(&self.retiring), self.alive.clone());
-                self.threads.push(spawn(
-                    format!("worker-{}", self.next_worker_id),
-                    Box::new(move || {
+            if context.retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err() {
+                let (context, jobs, alive) = (Arc::clone(context), self.jobs.clone(), self.alive.clone());
+                let thread = thread::Builder::new()
+                    .name(format!("worker-{}", self.next_worker_id))
+                    .spawn(move || {
                         let _alive = alive;
-                        work(&jobs, &door, &current, &gauges, &retiring);
-                    }),
-                )?);
+                        work(&context, &jobs);
+                    })
+                    .map_err(|source| Error::Io { what: "start a worker thread", source })?;
+                self.threads.push(thread);
                 self.next_worker_id += 1;
             }
             self.workers += 1;
         }
         if self.workers > workers {
-            self.retiring.fetch_add(self.workers - workers, SeqCst);
+            context.retiring.fetch_add(self.workers - workers, SeqCst);
             self.workers = workers;
+            context.room.wake_one();
+        }
+        let (ended, running) = self.threads.drain(..).partition(|thread| thread.is_finished());
+        self.threads = running;
+        for thread in ended {
+            let _ = thread.join();
         }
         Ok(())
     }
 
-    /// Queues a new connection for the workers when its message is here; a silent one (TCP_DEFER_ACCEPT
-    /// lets some through: SYN cookies skip it, and it lets go of a silent client after a second) goes to the
-    /// waiting room and takes neither a queue slot nor a worker. So does one that finds the queue full: the
-    /// room turns it away only if the queue is still full when it reads.
+    /// Sends a new connection on: to the queue when its message is here (or the busy reply, when the queue
+    /// is full), to the waiting room when it is silent. TCP_DEFER_ACCEPT lets silent ones through too: SYN
+    /// cookies skip it, and it lets go of a silent client after a second.
     pub(crate) fn dispatch(&self, conn: Conn, service: &Service) {
-        let conn = if conn.has_input() && self.queue.len() < service.queue_limit {
-            match self.queue.send(conn) {
-                Ok(()) => return,
-                Err(refused) => refused.into_inner(),
-            }
+        let context = &*self.context;
+        if conn.has_input() {
+            context.queue_or_turn_away(conn, service);
         } else {
-            conn
-        };
-        match conn::waiting_for_message(conn, service) {
-            Step::Wait(waiting) => {
-                self.door.admit(waiting, service);
-                self.door.nudge();
-            }
-            Step::Done => {}
+            context.take_step(conn::waiting_for_message(conn, service));
         }
     }
 
     pub(crate) fn summary(&self) -> Summary {
-        self.current.get().stats.summary()
+        self.context.current.get().stats.summary()
     }
 
     pub(crate) fn open_connections(&self) -> usize {
-        self.open.get()
+        self.context.open.get()
     }
 
-    /// Lets every queued, in-flight and waiting connection finish, for at most `timeout`. On time, returns
-    /// the summary; late, returns how many connections are being abandoned along with it.
+    /// The stop begins: conversations end after their current reply, and connections waiting for a
+    /// message get a short grace to send it (answered, then closed; see `room::STOP_GRACE`).
+    pub(crate) fn begin_stop(&self) {
+        let context = &*self.context;
+        context.current.get().begin_stop();
+        context.room.begin_stop(&context.gauges);
+    }
+
+    /// After the last accept: lets every queued, in-flight and waiting connection finish, for at most
+    /// `timeout`. On time, returns the summary; late, returns how many connections are being abandoned
+    /// along with it.
     pub(crate) fn shutdown(self, timeout: Duration) -> Result<Summary, (usize, Summary)> {
-        let Pool { queue, jobs, door, current, open, alive, finished, threads, .. } = self;
-        // Once the waiting room lets go of its sender too, the workers finish the queue and end.
-        drop((queue, jobs, alive));
-        let service = current.get_full();
-        service.begin_stop();
-        door.wake();
-        drop(door);
+        let Pool { context, alive, finished, threads, tending: (tending, end_tending), .. } = self;
+        drop(alive);
+        context.closed.store(true, SeqCst);
+        context.room.wake_one();
+        let stats = Arc::clone(&context.current.get().stats);
         match finished.recv_deadline(Instant::now() + timeout) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {
-                for thread in threads {
+                drop(end_tending);
+                for thread in threads.into_iter().chain([tending]) {
                     let _ = thread.join();
                 }
-                Ok(service.stats.summary())
+                Ok(stats.summary())
             }
-            Err(RecvTimeoutError::Timeout) => Err((open.get(), service.stats.summary())),
+            Err(RecvTimeoutError::Timeout) => Err((context.open.get(), stats.summary())),
         }
     }
 }
 
-/// How long an idle worker keeps looking for the next connection before it sleeps. Waking a sleeping thread
-/// costs more latency than a client's whole exchange takes on loopback; a client that comes back at once
-/// (or the next of a steady stream) finds a worker still awake.
-const STAY_AWAKE: Duration = Duration::from_micros(100);
-
-/// The next queued connection: at once if there is one, else after looking for `STAY_AWAKE` (watching the
-/// waiting room meanwhile, so that a message that arrives there comes straight to an awake worker), else
-/// after sleeping until one comes. `None` once the queue is closed and empty.
-fn next_job(
-    jobs: &Receiver<Conn>,
-    door: &Door,
-    current: &Current,
-    events: &mut Vec<libc::epoll_event>,
-) -> Option<Conn> {
-    match jobs.try_recv() {
-        Ok(conn) => return Some(conn),
-        Err(TryRecvError::Disconnected) => return None,
-        Err(TryRecvError::Empty) => {}
+impl Context {
+    /// A connection with a message in hand goes to the queue, waking a sleeping worker for it; when the
+    /// queue is full, it gets the busy reply instead.
+    fn queue_or_turn_away(&self, conn: Conn, service: &Service) {
+        if self.queue.len() >= service.queue_limit {
+            return self.take_step(conn::turn_away(conn, service));
+        }
+        match self.queue.send(conn) {
+            Ok(()) => {
+                if self.idle.anyone_asleep() {
+                    self.room.wake_one();
+                }
+            }
+            Err(refused) => error!("{}: the queue is closed; closing", refused.into_inner()),
+        }
     }
-    let watch = door.watch();
-    let until = Instant::now() + STAY_AWAKE;
-    let mut round = 0_u32;
-    loop {
-        round = round.wrapping_add(1);
-        // Mostly spinning, which notices a new connection soonest; yielding now and then, so that on a
-        // loaded machine the threads that make the next connection (our accept loop, the clients) run first.
-        if round.is_multiple_of(8) {
-            thread::yield_now();
-        } else {
-            for _ in 0..32 {
-                hint::spin_loop();
+
+    /// Sends a connection where its step says: back to the room, or (done) nowhere, as it closes.
+    fn take_step(&self, step: Step) {
+        let Step::Wait(waiting) = step else { return };
+        if let Some(conn) = self.room.hold(waiting, &self.gauges) {
+            // Its client was ready already: it goes on as if its event had come.
+            let service = self.current.get();
+            match conn::ready(conn, &service) {
+                Ready::Serve(conn) => self.queue_or_turn_away(conn, &service),
+                Ready::Then(step) => self.take_step(step),
             }
         }
-        watch.look(current, events);
-        match jobs.try_recv() {
-            Ok(conn) => return Some(conn),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if Instant::now() >= until => {
-                watch.before_sleep();
-                return jobs.recv().ok();
+    }
+
+    /// Whether this worker is to end now: it was asked to retire, or the server has stopped and no
+    /// connection is open any more.
+    fn time_to_end(&self) -> bool {
+        (self.closed.load(SeqCst) && self.open.get() == 0)
+            || self.retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    /// Whether a worker about to sleep should look at the end instead (without taking a retirement).
+    fn time_to_end_soon(&self) -> bool {
+        (self.closed.load(SeqCst) && self.open.get() == 0) || self.retiring.load(SeqCst) > 0
+    }
+
+    /// A look at the room without waiting, by a worker between jobs or the room's thread: everything it
+    /// finds goes on (messages to the queue). A wake-up it took was meant for a sleeping worker,
+    /// so it passes it on.
+    fn look(&self, found: &mut Found, service: &Service) {
+        match self.room.wait(found, false, &self.gauges) {
+            Ok(wake) => {
+                self.sort(found, service, false);
+                if wake && self.idle.anyone_asleep() {
+                    self.room.wake_one();
+                }
             }
-            Err(TryRecvError::Empty) => {}
+            Err(e) => error!("waiting room: epoll failed: {e}"),
         }
+    }
+
+    /// What a look at the room found: expired connections close, ready ones go on. With `keep`, the first
+    /// with a message is kept for this worker; the others are queued for whoever is free.
+    fn sort(&self, found: &mut Found, service: &Service, keep: bool) -> Option<Conn> {
+        for (conn, why) in found.expired.drain(..) {
+            conn::expired(conn, service, why);
+        }
+        let mut mine = None;
+        for conn in found.ready.drain(..) {
+            match conn::ready(conn, service) {
+                Ready::Serve(conn) if keep && mine.is_none() => mine = Some(conn),
+                Ready::Serve(conn) => self.queue_or_turn_away(conn, service),
+                Ready::Then(step) => self.take_step(step),
+            }
+        }
+        mine
     }
 }
 
-fn spawn(name: String, body: Box<dyn FnOnce() + Send>) -> Result<thread::JoinHandle<()>, Error> {
-    thread::Builder::new()
-        .name(name)
-        .spawn(body)
-        .map_err(|source| Error::Io { what: "start a pool thread", source })
-}
-
-/// A worker: serves queued connections until the queue is closed and empty, or it is asked to retire.
-fn work(jobs: &Receiver<Conn>, door: &Door, current: &Current, gauges: &Gauges, retiring: &AtomicUsize) {
+/// A worker: serves connections until it is time to end (see `Context::time_to_end`). A worker that ends
+/// wakes the room, so that a sleeping one wakes to see whether it is to end too.
+fn work(context: &Context, jobs: &Receiver<Conn>) {
     let mut buf = Vec::new();
-    let mut events = Vec::with_capacity(64);
-    while let Some(conn) = next_job(jobs, door, current, &mut events) {
-        let service = current.get();
-        // A reload may have changed max_request; the buffer follows before the next read.
-        buf.resize(service.max_request, 0);
-        let who = conn.who();
-        gauges.busy_workers.fetch_add(1, Relaxed);
-        let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, &service, &mut buf)));
-        gauges.busy_workers.fetch_sub(1, Relaxed);
-        door.served(&service, &mut events);
-        match served {
-            Ok(Step::Wait(waiting)) => door.admit(waiting, &service),
-            Ok(Step::Done) => {}
-            // The connection was dropped (and closed, and uncounted) as the panic unwound.
-            Err(_) => {
-                error!("{who}: the handler panicked; closed this connection, the worker goes on");
-                service.stats.count(Ending::Error);
-            }
-        }
-        if retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+    let mut found = Found::with_capacity(EVENTS);
+    let mut last_look = Instant::now();
+    loop {
+        if context.time_to_end() {
+            context.room.wake_one();
             return;
         }
+        let job = match jobs.try_recv() {
+            Ok(conn) => Some(conn),
+            Err(_) => {
+                let asleep = context.idle.fall_asleep();
+                if !jobs.is_empty() || context.time_to_end_soon() {
+                    continue;
+                }
+                let looked = context.room.wait(&mut found, true, &context.gauges);
+                drop(asleep);
+                last_look = Instant::now();
+                if let Err(e) = looked {
+                    error!("waiting room: epoll failed: {e}; this worker stops");
+                    return;
+                }
+                context.sort(&mut found, &context.current.get(), true)
+            }
+        };
+        let Some(conn) = job else { continue };
+        let service = context.current.get();
+        // A reload may have changed max_request; the buffer follows before the next read.
+        buf.resize(service.max_request, 0);
+        serve(context, conn, &service, &mut buf);
+        if last_look.elapsed() >= LOOK_EVERY && context.gauges.waiting() > 0 {
+            last_look = Instant::now();
+            context.look(&mut found, &service);
+        }
+    }
+}
+
+/// Serves one message of `conn`, counted as a busy worker, and sends the connection on.
+fn serve(context: &Context, conn: Conn, service: &Service, buf: &mut [u8]) {
+    let origin = conn.origin();
+    let busy = context.gauges.busy();
+    let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, buf)));
+    drop(busy);
+    match served {
+        Ok(step) => context.take_step(step),
+        // The connection was dropped (closed, and counted as an error) as the panic unwound.
+        Err(_) => error!("{origin}: the handler panicked; closed this connection, the worker goes on"),
+    }
+}
+
+/// The room's own thread. Idle workers wait in the room, so while any does, this thread only looks at the
+/// clock, every `WATCH_IDLE_EVERY`. When every worker is busy (each held by a handler, say), it looks at the
+/// room itself every `WATCH_EVERY`: deadlines pass, replies that did not fit are finished, lingering
+/// connections close, and a conversation's message goes to the queue or gets the busy reply. Ends when
+/// `ends` disconnects.
+fn watch_while_busy(context: &Context, ends: &Receiver<()>) {
+    let mut found = Found::with_capacity(EVENTS);
+    let mut every = WATCH_IDLE_EVERY;
+    while let Err(RecvTimeoutError::Timeout) = ends.recv_timeout(every) {
+        if context.idle.anyone_asleep() || context.gauges.waiting() == 0 {
+            every = WATCH_IDLE_EVERY;
+            continue;
+        }
+        every = WATCH_EVERY;
+        context.look(&mut found, &context.current.get());
     }
 }

@@ -4,13 +4,26 @@
 //! Parsing is the ppp crate's. This module bounds it: the header must be a prefix of a PROXY header from its
 //! first byte, complete within `MAX_HEADER` bytes, and it is read without blocking, so a client that sends
 //! garbage, too much or too little never costs more than its read timeout in the waiting room.
+//!
+//! It also decides whom to believe. With `proxy_from`, a connection from a peer outside those ranges is
+//! refused as soon as its first bytes arrive, header or not: it is closed without a reply and counted as an
+//! error. Serving it as its real peer instead was the other choice; refusing is louder. A balancer missing
+//! from the list shows at once as refusals instead of as clients all named after the balancer (sharing one
+//! `max_per_client` quota), and a client that forges headers learns nothing and gets nothing. The refusals
+//! are logged at most once a second per address family, each line with the count since the last, so a
+//! flood of them cannot flood the log.
 
 use std::{
     io::{self, Read},
     net::{SocketAddr, TcpStream},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
+use log::warn;
 use ppp::{PartialResult, v1, v2};
+
+use crate::cidr::{self, Cidr};
 
 /// The longest header we accept. v1 is at most 107 bytes; HAProxy's v2 headers are 28 (IPv4) or 52 (IPv6)
 /// bytes plus any TLVs it was told to add.
@@ -114,12 +127,20 @@ pub(crate) enum HeaderRead {
     Closed,
     /// A protocol error: the connection must be closed.
     Failed(String),
+    /// The peer is not one whose headers are believed (`proxy_from`); already logged, it must be closed.
+    Refused,
     /// The socket failed.
     Io(io::Error),
 }
 
-/// Reads what is available (without blocking) onto `received` and parses it.
-pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderRead {
+/// Reads what is available (without blocking) onto `received` and parses it, if `peer` is in `trusted`
+/// (`None`: everyone is).
+pub(crate) fn read_header(
+    stream: &TcpStream,
+    received: &mut Vec<u8>,
+    peer: SocketAddr,
+    trusted: Option<&[Cidr]>,
+) -> HeaderRead {
     let start = received.len();
     received.resize(MAX_HEADER, 0);
     let result = (&*stream).read(&mut received[start..]);
@@ -127,6 +148,10 @@ pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderR
     match result {
         Ok(0) if start == 0 => HeaderRead::Closed,
         Ok(0) => HeaderRead::Failed("closed before sending a complete PROXY header".to_owned()),
+        Ok(_) if trusted.is_some_and(|ranges| !cidr::any_contains(ranges, peer.ip())) => {
+            log_refusal(peer);
+            HeaderRead::Refused
+        }
         Ok(_) => match parse(received) {
             Parsed::Complete { source, len } => HeaderRead::Done { source, rest: received[len..].to_vec() },
             Parsed::Incomplete => HeaderRead::More,
@@ -134,6 +159,40 @@ pub(crate) fn read_header(stream: &TcpStream, received: &mut Vec<u8>) -> HeaderR
         },
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => HeaderRead::More,
         Err(e) => HeaderRead::Io(e),
+    }
+}
+
+/// Refusals logged at most once per `REFUSAL_LOG_EVERY` for each address family.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// For one address family: when a refusal was last logged, and how many were not logged since.
+struct RefusalLog(Mutex<(Option<Instant>, u64)>);
+
+static REFUSED_V4: RefusalLog = RefusalLog(Mutex::new((None, 0)));
+static REFUSED_V6: RefusalLog = RefusalLog(Mutex::new((None, 0)));
+
+fn log_refusal(peer: SocketAddr) {
+    let family = if peer.ip().to_canonical().is_ipv4() { &REFUSED_V4 } else { &REFUSED_V6 };
+    if let Some(unlogged) = family.due(Instant::now()) {
+        let more = match unlogged {
+            0 => String::new(),
+            n => format!(" ({n} more from peers of its address family since the last line)"),
+        };
+        warn!(target: "access", "{peer}: PROXY header refused: the peer is not in proxy_from; closed{more}");
+    }
+}
+
+impl RefusalLog {
+    /// `Some(refusals not logged since the last line)` when this one is to be logged.
+    fn due(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, unlogged) = &mut *state;
+        if last.is_some_and(|last| now < last + REFUSAL_LOG_EVERY) {
+            *unlogged += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
     }
 }
 
@@ -233,28 +292,97 @@ mod tests {
     }
 
     #[test]
-    fn random_bytes_never_panic_and_never_pass_as_a_header_by_accident() {
-        // A small xorshift generator: repeatable, no extra crate.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for round in 0..20_000 {
-            let len = (next() % 600) as usize;
-            let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            // Half the inputs start like a real header, so the parser's deeper paths are reached too.
-            match round % 4 {
-                0 => input.splice(0..0, V2_SIGNATURE.iter().copied()).for_each(drop),
-                1 => input.splice(0..0, V1_PREFIX.iter().copied()).for_each(drop),
-                _ => {}
+    fn refusals_are_logged_once_a_second_with_the_count_between() {
+        let log = RefusalLog(Mutex::new((None, 0)));
+        let start = Instant::now();
+        assert_eq!(log.due(start), Some(0));
+        assert_eq!(log.due(start + Duration::from_millis(10)), None);
+        assert_eq!(log.due(start + Duration::from_millis(999)), None);
+        assert_eq!(log.due(start + REFUSAL_LOG_EVERY), Some(2));
+        assert_eq!(log.due(start + REFUSAL_LOG_EVERY * 3), Some(0));
+    }
+
+    mod properties {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        /// A valid header, as HAProxy would send it, and the client it names.
+        fn header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
+            let v4 = (any::<[u8; 4]>(), any::<[u8; 4]>(), any::<u16>(), any::<u16>());
+            let v6 = (any::<[u8; 16]>(), any::<[u8; 16]>(), any::<u16>(), any::<u16>());
+            prop_oneof![
+                v4.prop_map(|(s, d, sp, dp)| {
+                    let (s, d) = (Ipv4Addr::from(s), Ipv4Addr::from(d));
+                    (
+                        format!("PROXY TCP4 {s} {d} {sp} {dp}\r\n").into_bytes(),
+                        Some(SocketAddr::from((s, sp))),
+                    )
+                }),
+                v6.prop_map(|(s, d, sp, dp)| {
+                    let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
+                    (
+                        format!("PROXY TCP6 {s} {d} {sp} {dp}\r\n").into_bytes(),
+                        Some(SocketAddr::from((s, sp))),
+                    )
+                }),
+                Just((b"PROXY UNKNOWN\r\n".to_vec(), None)),
+                (v4, vec(any::<u8>(), 0..100)).prop_map(|((s, d, sp, dp), tlvs)| {
+                    let addresses = v2::IPv4::new(s, d, sp, dp);
+                    (with_tlvs(v2_header(v2::Command::Proxy, addresses.into()), &tlvs), Some((s, sp).into()))
+                }),
+                (v6, vec(any::<u8>(), 0..100)).prop_map(|((s, d, sp, dp), tlvs)| {
+                    let addresses = v2::IPv6::new(Ipv6Addr::from(s), Ipv6Addr::from(d), sp, dp);
+                    let source = SocketAddr::from((Ipv6Addr::from(s), sp));
+                    (with_tlvs(v2_header(v2::Command::Proxy, addresses.into()), &tlvs), Some(source))
+                }),
+                Just((v2_header(v2::Command::Local, v2::Addresses::Unspecified), None)),
+            ]
+        }
+
+        /// A v2 header with `tlvs` after its addresses, counted in its length (not parsed by us).
+        fn with_tlvs(mut header: Vec<u8>, tlvs: &[u8]) -> Vec<u8> {
+            let len = u16::from_be_bytes([header[14], header[15]]) + tlvs.len() as u16;
+            header[14..16].copy_from_slice(&len.to_be_bytes());
+            header.extend_from_slice(tlvs);
+            header
+        }
+
+        proptest! {
+            /// Garbage, and garbage behind a real header's first bytes, never panics and is bounded.
+            #[test]
+            fn random_bytes_never_panic(
+                (start, _) in header(), keep in 0..60_usize, tail in vec(any::<u8>(), 0..600)
+            ) {
+                let mut input = start[..keep.min(start.len())].to_vec();
+                input.extend_from_slice(&tail);
+                match parse(&input) {
+                    Parsed::Complete { len, .. } => prop_assert!(len <= input.len() && len <= MAX_HEADER),
+                    Parsed::Incomplete => prop_assert!(input.len() < MAX_HEADER),
+                    Parsed::Invalid(reason) => prop_assert!(!reason.is_empty()),
+                }
             }
-            match parse(&input) {
-                Parsed::Complete { len, .. } => assert!(len <= input.len() && len <= MAX_HEADER),
-                Parsed::Incomplete => assert!(input.len() < MAX_HEADER),
-                Parsed::Invalid(reason) => assert!(!reason.is_empty()),
+
+            /// However the bytes arrive, the header is incomplete until its last byte and then decodes to
+            /// the client it names, with the request bytes after it left alone.
+            #[test]
+            fn a_header_split_anywhere_decodes_the_same(
+                (header, source) in header(), request in vec(any::<u8>(), 0..64), cuts in vec(any::<usize>(), 0..6)
+            ) {
+                let input = [header.as_slice(), &request].concat();
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % input.len()).collect();
+                cuts.push(input.len());
+                cuts.sort_unstable();
+                for cut in cuts.into_iter().filter(|&c| c > 0) {
+                    let expected = if cut < header.len() {
+                        Parsed::Incomplete
+                    } else {
+                        Parsed::Complete { source, len: header.len() }
+                    };
+                    prop_assert_eq!(parse(&input[..cut]), expected, "cut at {} of {}", cut, input.len());
+                }
             }
         }
     }

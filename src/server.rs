@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::{
+    cidr,
     config::Config,
     conn::Conn,
     error::Error,
@@ -33,7 +34,7 @@ use crate::{
     monitor::Monitor,
     pool::Pool,
     service::{Current, Service},
-    stats::{Gauges, Open, OpenCount, Summary},
+    stats::{Gauges, OpenCount, Summary, Tally},
     stop::{Closing, HALF_OPEN_WAIT},
     sys,
     systemd::{self, Notifier},
@@ -287,6 +288,7 @@ impl Server {
             notifier.stopping(&format!("stopping: draining {} open connections", pool.open_connections()));
         }
         let stop_began = Instant::now();
+        pool.begin_stop();
         let inherited = self.listener.is_inherited();
         if !inherited {
             self.take_in_the_last(&pool, &open, self.max_connections);
@@ -364,8 +366,8 @@ impl Server {
     fn dispatch(&mut self, pool: &Pool, open: &Arc<OpenCount>, stream: TcpStream, peer: SocketAddr) {
         self.last_id += 1;
         let service = self.current.get();
-        service.stats.accepted();
-        pool.dispatch(Conn::new(stream, peer, self.last_id, Open::new(open), &service), &service);
+        let tally = Tally::new(open, &service.stats);
+        pool.dispatch(Conn::new(stream, peer, self.last_id, tally, &service), &service);
     }
 
     /// Applies a reloaded configuration: a new service for every next step, the pool resized. What needs a
@@ -461,6 +463,7 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     note("keep_alive", old.keep_alive.to_string(), new.keep_alive.to_string());
     note("idle_timeout", format!("{:?}", old.idle_timeout), format!("{:?}", new.idle_timeout));
     note("proxy_protocol", old.proxy_protocol.to_string(), new.proxy_protocol.to_string());
+    note("proxy_from", cidr::describe(old.proxy_from.as_deref()), cidr::describe(new.proxy_from.as_deref()));
     let limit = |n: Option<usize>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());
     note("max_connections", limit(old.max_connections), limit(new.max_connections));
     note("max_per_client", limit(old.max_per_client), limit(new.max_per_client));

@@ -17,7 +17,7 @@ use std::{
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_utils::CachePadded;
 
-use crate::{config::Config, handler::Protocol, limits::PerClient, stats::Stats};
+use crate::{cidr::Cidr, config::Config, handler::Protocol, limits::PerClient, stats::Stats};
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
 /// a reset): at least this much, and twice `max_request` when that is more.
@@ -32,6 +32,8 @@ pub(crate) struct Service {
     pub(crate) keep_alive: bool,
     /// Every connection starts with a PROXY protocol header.
     pub(crate) proxy_protocol: bool,
+    /// The peers whose PROXY headers are believed; `None`: every peer's.
+    pub(crate) proxy_from: Option<Box<[Cidr]>>,
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
@@ -78,6 +80,7 @@ impl Service {
             queue_limit: config.queue,
             keep_alive: config.keep_alive,
             proxy_protocol: config.proxy_protocol,
+            proxy_from: config.proxy_from.as_deref().map(Box::from),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
@@ -108,10 +111,6 @@ impl Current {
     /// The service in force now; cheap, and valid for as long as it is held even across a reload.
     pub(crate) fn get(&self) -> Guard<Arc<Service>> {
         self.0.load()
-    }
-
-    pub(crate) fn get_full(&self) -> Arc<Service> {
-        self.0.load_full()
     }
 
     pub(crate) fn set(&self, service: Service) {

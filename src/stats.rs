@@ -1,5 +1,5 @@
-//! Counters shared by the accept loop, the workers and the waiting room; the open-connection count, owned by
-//! the connections themselves; and the summary logged at shutdown.
+//! Counters shared by the accept loop, the workers and the waiting room; the open count and the endings,
+//! kept by the connections themselves (`Tally`); and the summary logged at shutdown.
 
 use crossbeam_utils::CachePadded;
 use std::{
@@ -92,17 +92,13 @@ pub(crate) enum Ending {
 }
 
 impl Stats {
-    pub(crate) fn accepted(&self) {
-        self.connections.fetch_add(1, Relaxed);
-    }
-
     /// One more message answered, `took` from its read to the end of its reply.
     pub(crate) fn answered(&self, took: Duration) {
         self.messages.fetch_add(1, Relaxed);
         self.service_times.record(took);
     }
 
-    pub(crate) fn count(&self, ending: Ending) {
+    fn count(&self, ending: Ending) {
         let counter = match ending {
             Ending::Served => &self.served,
             Ending::Busy => &self.busy,
@@ -132,8 +128,8 @@ impl Stats {
     }
 }
 
-/// How many connections are open: queued, on a worker, or in the waiting room. Each connection holds an
-/// [`Open`] that counts it while it lives, so no path can forget or double a release.
+/// How many connections are open: queued, on a worker, or in the waiting room. Each connection holds a
+/// [`Tally`] that counts it while it lives, so no path can forget or double a release.
 #[derive(Debug, Default)]
 pub(crate) struct OpenCount {
     count: CachePadded<AtomicUsize>,
@@ -157,29 +153,76 @@ impl OpenCount {
 /// What the pool is doing right now, for a monitor: each written by the one place that knows it.
 #[derive(Debug, Default)]
 pub(crate) struct Gauges {
-    /// Workers serving a message (written by the workers).
-    pub(crate) busy_workers: CachePadded<AtomicUsize>,
-    /// Connections in the waiting room (written by the room).
-    pub(crate) waiting: CachePadded<AtomicUsize>,
+    /// Workers serving a message (counted by `Busy` guards).
+    busy_workers: CachePadded<AtomicUsize>,
+    /// Connections in the waiting room (written by the room, under its lock).
+    waiting: CachePadded<AtomicUsize>,
     /// The pool's size (written at the start and by a reload).
     pub(crate) workers: AtomicUsize,
 }
 
-/// One open connection's place in the count: taken at accept, given back when the connection is dropped.
-#[derive(Debug)]
-pub(crate) struct Open(Arc<OpenCount>);
+impl Gauges {
+    /// Counts a worker busy until the guard drops (however the job ends, a panic included).
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.busy_workers.fetch_add(1, Relaxed);
+        Busy(self)
+    }
 
-impl Open {
-    pub(crate) fn new(count: &Arc<OpenCount>) -> Open {
-        count.count.fetch_add(1, SeqCst);
-        Open(Arc::clone(count))
+    pub(crate) fn busy_workers(&self) -> usize {
+        self.busy_workers.load(Relaxed)
+    }
+
+    pub(crate) fn set_waiting(&self, waiting: usize) {
+        if self.waiting.load(Relaxed) != waiting {
+            self.waiting.store(waiting, Relaxed);
+        }
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed)
     }
 }
 
-impl Drop for Open {
+/// One worker counted busy.
+pub(crate) struct Busy<'a>(&'a Gauges);
+
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, SeqCst);
-        self.0.vacancy.notify();
+        self.0.busy_workers.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One connection's place in the counts, carried by the connection: counted open from its accept, and
+/// counted under how it ended when it is dropped, wherever that happens. So no path can leave a
+/// connection uncounted or count it twice, and once the open count is zero the endings add up to the
+/// connections accepted. A connection dropped before anything said how it ended (a panic in the handler,
+/// a failure of the waiting room) counts as an error.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    open: Arc<OpenCount>,
+    stats: Arc<CachePadded<Stats>>,
+    ending: Ending,
+}
+
+impl Tally {
+    pub(crate) fn new(open: &Arc<OpenCount>, stats: &Arc<CachePadded<Stats>>) -> Tally {
+        stats.connections.fetch_add(1, Relaxed);
+        open.count.fetch_add(1, SeqCst);
+        Tally { open: Arc::clone(open), stats: Arc::clone(stats), ending: Ending::Error }
+    }
+
+    /// How the connection ended (the last word counts).
+    pub(crate) fn end(&mut self, ending: Ending) {
+        self.ending = ending;
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        // The ending first, so that a summary taken once nothing is open is complete.
+        self.stats.count(self.ending);
+        self.open.count.fetch_sub(1, SeqCst);
+        self.open.vacancy.notify();
     }
 }
 
@@ -251,13 +294,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_open_connection_is_counted_until_it_is_dropped() {
-        let count = Arc::new(OpenCount::default());
-        let (a, b) = (Open::new(&count), Open::new(&count));
-        assert_eq!(count.get(), 2);
-        drop(a);
-        assert_eq!(count.get(), 1);
-        drop(b);
-        assert_eq!(count.get(), 0);
+    fn a_connection_is_counted_open_until_it_drops_and_then_under_its_ending() {
+        let (open, stats) = (Arc::new(OpenCount::default()), Arc::new(CachePadded::new(Stats::default())));
+        let (mut served, unsaid) = (Tally::new(&open, &stats), Tally::new(&open, &stats));
+        served.end(Ending::Busy);
+        served.end(Ending::Served);
+        assert_eq!(open.get(), 2);
+        assert_eq!(stats.summary(), Summary { connections: 2, ..Summary::default() });
+        drop(served);
+        assert_eq!(open.get(), 1);
+        drop(unsaid);
+        assert_eq!(open.get(), 0);
+        let summary = stats.summary();
+        assert_eq!((summary.served, summary.errors, summary.connections), (1, 1, 2));
     }
 }

@@ -59,8 +59,8 @@ pub(crate) fn synack_retransmits(fd: BorrowedFd<'_>) -> u32 {
 /// The process's soft limit on open file descriptors (RLIMIT_NOFILE); `None` when it is unlimited or
 /// cannot be read.
 pub(crate) fn fd_limit() -> Option<u64> {
-    // SAFETY: getrlimit writes one rlimit struct, which lives on this stack frame.
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct, which lives on this stack frame.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
     (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
@@ -270,16 +270,4 @@ unsafe fn get_option<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_in
     let rc =
         unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut T).cast(), &mut len) };
     if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
-}
-
-/// The soft limit on open file descriptors (RLIMIT_NOFILE): no descriptor number reaches it. 1024 when it
-/// cannot be read, and at most 2^24 (a limit of "unlimited" is not a table size).
-pub(crate) fn descriptor_limit() -> usize {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into the struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if rc != 0 {
-        return 1024;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(1 << 24)
 }

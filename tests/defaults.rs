@@ -15,7 +15,7 @@ use support::{WAIT, accepted_keys, command, output};
 
 /// Keys whose value in the sample config is an example, as its comment says: their default depends on the
 /// machine (workers, max_connections) or is "not set".
-const EXAMPLES: &[&str] = &["workers", "max_connections", "max_per_client", "log_file"];
+const EXAMPLES: &[&str] = &["workers", "max_connections", "max_per_client", "proxy_from", "log_file"];
 
 fn stdout_of(args: &[&str]) -> String {
     let out = output(&mut command(args, &[]), WAIT);
@@ -65,6 +65,7 @@ fn is_default(key: &str, shown: &str) -> Option<bool> {
         "proxy_protocol" => same(d.proxy_protocol.to_string()),
         "max_connections" => d.max_connections.is_none() && shown.starts_with("the fd limit"),
         "max_per_client" => d.max_per_client.is_none() && shown == "no limit",
+        "proxy_from" => d.proxy_from.is_none() && shown.starts_with("every peer"),
         _ => return None,
     })
 }

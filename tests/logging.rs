@@ -196,7 +196,9 @@ fn a_flood_of_warnings_writes_a_few_lines_with_counts_and_the_access_log_gets_th
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     // At warn there is no `listening on` line to wait for: the socket is ours, and clients queue on it.
-    let args = ["--proxy-protocol", "--log-level", "warn", "--access-log", access.to_str().unwrap()];
+    let access = access.to_str().unwrap();
+    let args =
+        ["--proxy-protocol", "--proxy-from", "127.0.0.1", "--log-level", "warn", "--access-log", access];
     let (mut server, mut stderr) = start_unread(&listener, &args);
     drop(listener);
     let log = thread::spawn(move || {
@@ -233,7 +235,7 @@ fn a_flood_of_warnings_writes_a_few_lines_with_counts_and_the_access_log_gets_th
     let logged = warnings.iter().filter(|l| !l.contains("] log: ")).count() as u64;
     let suppressed: u64 = warnings.iter().filter_map(|l| suppressed_count(l)).sum();
     assert_eq!(logged + suppressed, CLIENTS as u64, "{warnings:#?}");
-    let written = read(&access);
+    let written = read(Path::new(access));
     assert_eq!(
         written.lines().filter(|l| l.contains("[WARN]") && l.contains("PROXY protocol error")).count(),
         CLIENTS

@@ -123,6 +123,40 @@ fn other_paths_are_404_and_no_metrics_client_holds_the_port_for_long() {
     drop((silent, half));
 }
 
+/// The campaign's case: clients that keep half a request head open. Served one at a time, each held the
+/// metrics for its 2 s deadline, and the scrapes behind them waited 2 s per client. Served at once, each
+/// scrape is answered within 2 s beside 20 of them, and beside 100 (more than the clients held at once:
+/// the oldest are dropped to make room).
+#[test]
+fn scrapes_are_answered_within_2s_beside_clients_that_hold_half_sent_requests() {
+    let (_server, addr) = server_with_metrics(&[]);
+    let half_sent = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut client = support::connect(addr);
+                client.write_all(b"GET /metrics HTTP/1.1\r\nHost: te").unwrap();
+                client
+            })
+            .collect()
+    };
+    let mut held = half_sent(20);
+    for round in 0..2 {
+        for scrape in 0..3 {
+            let started = Instant::now();
+            metrics(addr);
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(2), "scrape {scrape} with {} held took {took:?}", held.len());
+        }
+        if round == 0 {
+            held.extend(half_sent(80));
+        }
+    }
+    // The first 20 were dropped to make room or at their deadline; either way the server closed them.
+    let mut first = held.swap_remove(0);
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(first.read(&mut [0; 16]).unwrap_or(0), 0, "a half-sent request was answered");
+}
+
 #[test]
 fn the_metrics_answer_while_the_pool_turns_clients_away() {
     // One worker and one queue place against 64 clients: the pool is full and clients get the busy reply.

@@ -1,15 +1,18 @@
 //! `--proxy-protocol` against the real binary: the client address from v1 and v2 headers reaches the log,
-//! health checks (v2 LOCAL) are served, and bad headers close the connection as protocol errors.
+//! health checks (v2 LOCAL) are served, and bad headers close the connection as protocol errors; with
+//! `--proxy-from`, only the named peers' headers are believed.
 
 mod support;
 
 use std::{
+    fs,
     io::{Read, Write},
-    time::Duration,
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
 };
 
 use ppp::v2::{self, Builder, Command, Protocol, Version};
-use support::{REPLY, Server, WAIT, connect, exchange};
+use support::{REPLY, Server, WAIT, connect, exchange, write_config};
 
 fn v2_header(command: Command, addresses: v2::Addresses) -> Vec<u8> {
     Builder::with_addresses(Version::Two | command, Protocol::Stream, addresses).build().unwrap()
@@ -150,4 +153,90 @@ fn a_slow_header_does_not_hold_a_worker() {
         stalled.iter().all(|client| !support::is_closed_by_server(client)),
         "stalled clients were closed"
     );
+}
+
+/// Connects from the loopback address `from`, sends a v1 header that claims `client` and a message, and
+/// reads the reply: REPLY, the busy reply, or nothing when the server closed the connection. The
+/// connection is returned open, so that a keep-alive server keeps counting it against `client`.
+fn claim(addr: SocketAddr, from: &str, client: &str) -> (TcpStream, Vec<u8>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.connect_timeout(&addr.into(), WAIT).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let request = format!("PROXY TCP4 {client} 127.0.0.1 40000 8000\r\nhello");
+    // Both replies are 15 bytes; a close (or a reset, which may come while writing) reads as none.
+    let mut reply = vec![0; REPLY.len()];
+    if stream.write_all(request.as_bytes()).and_then(|()| stream.read_exact(&mut reply)).is_err() {
+        reply.clear();
+    }
+    (stream, reply)
+}
+
+const BUSY: &str = "服务器繁忙";
+
+/// The hole `--proxy-from` closes, as it stays without it: one peer claims 60 sources and holds 60
+/// conversations past `--max-per-client 2`, and the server warns at start that this is possible.
+#[test]
+fn without_proxy_from_one_peer_holds_60_forged_clients_past_the_quota() {
+    let args = ["--bind", "127.0.0.1:0", "--proxy-protocol", "--keep-alive", "--max-per-client", "2"];
+    let mut server = Server::start(&args);
+    let line = server.wait_for("proxy_protocol without proxy_from");
+    assert!(line.contains("[WARN]"), "{line}");
+    let held: Vec<_> = (1..=60).map(|i| claim(server.addr, "127.0.0.1", &format!("192.0.2.{i}"))).collect();
+    let served = held.iter().filter(|(_, reply)| reply == REPLY.as_bytes()).count();
+    assert_eq!(served, 60);
+}
+
+/// With `--proxy-from`, the same 60 forged claims from a peer outside it are refused (closed without a
+/// reply, counted as errors, logged at most once a second), while the balancer that is in it is believed:
+/// its client's conversations count against that client's quota.
+#[test]
+fn with_proxy_from_forged_headers_from_other_peers_are_refused() {
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--proxy-protocol",
+        "--proxy-from",
+        "192.0.2.0/24, 127.0.0.2",
+        "--keep-alive",
+        "--max-per-client",
+        "2",
+    ];
+    let mut server = Server::start(&args);
+    let started = Instant::now();
+    let forged: Vec<_> = (1..=60).map(|i| claim(server.addr, "127.0.0.1", &format!("192.0.2.{i}"))).collect();
+    let elapsed = started.elapsed();
+    assert!(forged.iter().all(|(_, reply)| reply.is_empty()), "a forged claim was answered");
+
+    let balanced: Vec<_> = (0..3).map(|_| claim(server.addr, "127.0.0.2", "198.51.100.7")).collect();
+    let replies: Vec<_> = balanced.iter().map(|(_, reply)| String::from_utf8_lossy(reply)).collect();
+    assert_eq!(replies, [REPLY, REPLY, BUSY]);
+    server.wait_for("198.51.100.7:40000 (via 127.0.0.2:");
+    assert!(!server.log.iter().any(|l| l.contains("proxy_protocol without proxy_from")), "warned anyway");
+
+    drop((forged, balanced));
+    server.signal(libc::SIGTERM);
+    server.wait_exit(WAIT);
+    let summary = server.log.iter().find(|l| l.contains("stopped: ")).expect("a summary").clone();
+    assert!(summary.contains("errors 60 "), "{summary}");
+    let refusals: Vec<_> = server.log.iter().filter(|l| l.contains("PROXY header refused")).collect();
+    assert!(!refusals.is_empty() && refusals[0].contains("127.0.0.1:"), "{:#?}", server.log);
+    // One line a second at most: the first, then one for each second the 60 took (none within one).
+    assert!(refusals.len() as u64 <= 1 + elapsed.as_secs(), "{} lines in {elapsed:?}", refusals.len());
+}
+
+#[test]
+fn proxy_from_follows_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        |from: &str| format!("bind = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_from = \"{from}\"\n");
+    let config = write_config(dir.path(), &text("192.0.2.0/24"));
+    let mut server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(claim(server.addr, "127.0.0.1", "198.51.100.7").1, b"");
+    fs::write(&config, text("192.0.2.0/24, 127.0.0.0/8")).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.wait_for_next("reloaded the configuration");
+    assert!(line.contains("proxy_from 192.0.2.0/24 → 192.0.2.0/24, 127.0.0.0/8"), "{line}");
+    assert_eq!(claim(server.addr, "127.0.0.1", "198.51.100.7").1, REPLY.as_bytes());
 }

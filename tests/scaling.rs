@@ -81,8 +81,8 @@ fn haproxy_with_send_proxy_v2_balances_two_backends_that_log_the_real_client() {
     if !support::have_tool("haproxy", "Debian package haproxy; .ci/run installs it") {
         return;
     }
-    let mut one = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol"]);
-    let mut two = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol"]);
+    let mut one = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol", "--proxy-from", "127.0.0.1"]);
+    let mut two = Server::start(&["--bind", "127.0.0.1:0", "--proxy-protocol", "--proxy-from", "127.0.0.1"]);
     let front = free_loopback_port();
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/haproxy.cfg")).unwrap();

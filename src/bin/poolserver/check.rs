@@ -48,6 +48,9 @@ fn value(settings: &Settings, key: &str) -> Option<Value> {
         "access_log" => Value::String(log.access.to_string()),
         "reuse_port" => Value::Boolean(c.reuse_port),
         "proxy_protocol" => Value::Boolean(c.proxy_protocol),
+        "proxy_from" => Value::String(
+            c.proxy_from.as_ref()?.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        ),
         "metrics" => Value::String(settings.metrics.map_or("off".to_owned(), |addr| addr.to_string())),
         // Every key in KEYS is above: `settings::tests` reads them all, and `tests/check.rs` sees each one.
         _ => return None,

@@ -21,9 +21,9 @@ use poolserver::{
 };
 
 use crate::values::{
-    AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, DEFAULT_METRICS, MetricsAddr, parse_access_log,
-    parse_backlog, parse_bind, parse_count, parse_duration, parse_log_level, parse_metrics,
-    parse_positive_duration,
+    AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, DEFAULT_METRICS, MetricsAddr, ProxyFrom,
+    parse_access_log, parse_backlog, parse_bind, parse_count, parse_duration, parse_log_level, parse_metrics,
+    parse_positive_duration, parse_proxy_from,
 };
 
 /// A help line that ends in its default, as clap writes one.
@@ -294,6 +294,13 @@ pub struct ServeArgs {
           help = with_default("Expect a PROXY protocol header (v1 or v2) before each request, as HAProxy's \
                                send-proxy sends it", Config::default().proxy_protocol))]
     pub proxy_protocol: Option<bool>,
+
+    #[arg(long, env = "POOLSERVER_PROXY_FROM", value_name = "CIDR[,CIDR...]", value_parser = parse_proxy_from,
+          help = with_default("With --proxy-protocol: the load balancers whose PROXY headers are believed, as \
+                               address ranges (10.0.0.0/8, 192.0.2.1, 2001:db8::/32); a connection from any other \
+                               peer is refused and counted as an error",
+                              "every peer's header is believed, with a warning at start"))]
+    pub proxy_from: Option<ProxyFrom>,
 
     #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = parse_metrics,
           help = with_default("Serve Prometheus metrics at http://ADDR/metrics, or off", "off"))]

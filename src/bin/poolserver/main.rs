@@ -1,6 +1,8 @@
 //! The `poolserver` command: parse the command line, set up logging, run the subcommand, map the outcome to
 //! an exit code (0 success, 1 runtime failure, 2 usage or configuration error).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::{
     io::{self, IsTerminal},
     net::SocketAddr,
@@ -159,6 +161,14 @@ fn run_server(
             )
         }
         Err(e) => warn!("cannot read the fd limit: {e}"),
+    }
+    match (config.proxy_protocol, &config.proxy_from) {
+        (true, None) => warn!(
+            "proxy_protocol without proxy_from: every peer that reaches the port may claim any client address; \
+             set proxy_from to the load balancers' addresses"
+        ),
+        (false, Some(_)) => warn!("proxy_from has no effect without proxy_protocol: no PROXY header is read"),
+        _ => {}
     }
     // Under systemd's socket activation the socket comes from systemd; otherwise we bind our own.
     let handler = Builtin::from_config(&config);

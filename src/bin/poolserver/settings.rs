@@ -26,8 +26,8 @@ use crate::{
     cli::{Cli, ServeArgs},
     errors::{self, CliError},
     values::{
-        AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, MetricsAddr, parse_access_log, parse_bind,
-        parse_duration, parse_log_level, parse_metrics, parse_mode,
+        AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, MetricsAddr, ProxyFrom, parse_access_log,
+        parse_bind, parse_duration, parse_log_level, parse_metrics, parse_mode, parse_proxy_from,
     },
 };
 
@@ -115,6 +115,9 @@ impl Settings {
         c.reuse_port = m.pick("reuse_port", args.reuse_port, f.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol =
             m.pick("proxy_protocol", args.proxy_protocol, f.proxy_protocol).unwrap_or(c.proxy_protocol);
+        c.proxy_from = m
+            .pick("proxy_from", args.proxy_from.clone().map(|r| r.0), f.proxy_from.clone().map(|r| r.0))
+            .or(c.proxy_from.take());
         if let Err(e) = config.validate() {
             return Err(refused(e, m.origins, args.config.as_deref()));
         }
@@ -185,6 +188,7 @@ pub const KEYS: &[&str] = &[
     "access_log",
     "reuse_port",
     "proxy_protocol",
+    "proxy_from",
     "metrics",
 ];
 
@@ -218,6 +222,7 @@ struct FileConfig {
     access_log: Option<AccessLog>,
     reuse_port: Option<bool>,
     proxy_protocol: Option<bool>,
+    proxy_from: Option<ProxyFrom>,
     metrics: Option<MetricsAddr>,
 }
 
@@ -281,6 +286,7 @@ impl FileConfig {
             }
             "reuse_port" => self.reuse_port = Some(switch(value)?),
             "proxy_protocol" => self.proxy_protocol = Some(switch(value)?),
+            "proxy_from" => self.proxy_from = Some(ranges(value)?),
             "metrics" => self.metrics = Some(parse_metrics(text(value, "\"127.0.0.1:9180\" or \"off\"")?)?),
             _ => return Err(format!("not a key; the keys are {}", KEYS.join(", "))),
         }
@@ -381,6 +387,26 @@ fn duration(value: &DeValue<'_>) -> Result<Duration, String> {
     }
 }
 
+/// Address ranges: one string with commas, or an array of strings.
+fn ranges(value: &DeValue<'_>) -> Result<ProxyFrom, String> {
+    let like =
+        "expected address ranges, like \"10.0.0.0/8, 192.0.2.1\" or [\"10.0.0.0/8\", \"2001:db8::/32\"]";
+    match value {
+        DeValue::String(s) => parse_proxy_from(s),
+        DeValue::Array(items) => {
+            let mut all = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    DeValue::String(s) => all.extend(parse_proxy_from(s)?.0),
+                    other => return Err(format!("{like} ({} in the array)", found(other))),
+                }
+            }
+            Ok(ProxyFrom(all))
+        }
+        other => Err(format!("{like} ({})", found(other))),
+    }
+}
+
 fn switch(value: &DeValue<'_>) -> Result<bool, String> {
     match value {
         DeValue::Boolean(b) => Ok(*b),
@@ -463,7 +489,7 @@ mod tests {
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
-             metrics = \"127.0.0.1:9180\"\n",
+             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
         )
         .unwrap();
         assert_eq!(file.lines.len(), KEYS.len());
@@ -475,7 +501,107 @@ mod tests {
              read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
-             proxy_protocol: Some(false), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
+             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
         );
+    }
+
+    #[test]
+    fn proxy_from_is_a_list_of_ranges_in_a_string_or_an_array() {
+        let from = |text: &str| ConfigFile::parse(text).map(|file| format!("{:?}", file.values.proxy_from));
+        assert_eq!(
+            from("proxy_from = \"10.0.0.0/8, 192.0.2.1\""),
+            Ok("Some(ProxyFrom([10.0.0.0/8, 192.0.2.1/32]))".into())
+        );
+        assert!(from("proxy_from = [1]").unwrap_err().contains("found a whole number in the array"));
+        assert!(
+            from("proxy_from = true").unwrap_err().starts_with("line 1: proxy_from: expected address ranges")
+        );
+        assert!(from("proxy_from = \"10.0.0.1/8\"").unwrap_err().contains("did you mean 10.0.0.0/8?"));
+    }
+
+    mod properties {
+        use poolserver::config::{MAX_DURATION, MAX_REQUEST_LIMIT, MAX_WORKERS};
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::values::{parse_backlog, parse_count};
+
+        /// Whether `Config::validate` takes `change` of the defaults; a refusal must name `field`.
+        fn valid(field: &str, change: impl FnOnce(&mut Config)) -> bool {
+            let mut config = Config::default();
+            change(&mut config);
+            match config.validate() {
+                Ok(()) => true,
+                Err(Error::Config { field: refused, reason }) => {
+                    assert_eq!(refused, field, "{reason}");
+                    assert!(!reason.is_empty());
+                    false
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        proptest! {
+            /// Whatever a flag, a variable or a file holds, the parsers answer with a value or a message.
+            #[test]
+            fn random_values_never_panic(text in any::<String>(), like in "[0-9 .a-z+-]{0,24}") {
+                for text in [&text, &like] {
+                    if let Err(why) = parse_duration(text) {
+                        prop_assert!(!why.is_empty());
+                    }
+                    let _ = (parse_count(text), parse_backlog(text), parse_proxy_from(text));
+                }
+            }
+
+            #[test]
+            fn random_files_never_panic(text in any::<String>(), toml in "([a-z_]{1,16} = [\"0-9a-z ,.\\[\\]]{0,16}\n){0,6}") {
+                for text in [&text, &toml] {
+                    if let Err(why) = ConfigFile::parse(text) {
+                        prop_assert!(why.starts_with("line "), "{}", why);
+                    }
+                }
+            }
+
+            /// A duration reads back from how `--check` writes it, and a count from its digits; the
+            /// library takes them exactly when they are in range, and otherwise names the field.
+            #[test]
+            fn durations_and_counts_read_back(nanos in 0..=MAX_DURATION.as_nanos() as u64 * 2, n in any::<u64>()) {
+                let d = Duration::from_nanos(nanos);
+                let written = humantime::format_duration(d).to_string();
+                prop_assert_eq!(parse_duration(&written), Ok(d));
+                prop_assert_eq!(valid("read_timeout", |c| c.read_timeout = d), !d.is_zero() && d <= MAX_DURATION);
+                let n = n >> (n % 64);
+                let read = parse_count(&n.to_string());
+                prop_assert_eq!(read.clone(), Ok(usize::try_from(n).unwrap_or(usize::MAX)));
+                let read = read.unwrap();
+                prop_assert_eq!(valid("workers", |c| c.workers = read), (1..=MAX_WORKERS).contains(&read));
+                prop_assert_eq!(parse_count(&format!(" {n} ")), Ok(read));
+                prop_assert_eq!(valid("max_request", |c| c.max_request = read), (1..=MAX_REQUEST_LIMIT).contains(&read));
+            }
+
+            /// The same values read from a file, whatever order the keys come in.
+            #[test]
+            fn a_file_of_valid_values_reads_back(
+                workers in 1..=MAX_WORKERS, queue in 1..=poolserver::config::MAX_QUEUE,
+                max_request in 1..=MAX_REQUEST_LIMIT,
+                read_ms in 1..=86_400_000_u64, idle_s in 1..=86_400_u64, reversed in any::<bool>()
+            ) {
+                let read_timeout = Duration::from_millis(read_ms);
+                let idle_timeout = Duration::from_secs(idle_s);
+                let mut lines = [
+                    format!("workers = {workers}"),
+                    format!("queue = {queue}"),
+                    format!("max_request = {max_request}"),
+                    format!("read_timeout = \"{}\"", humantime::format_duration(read_timeout)),
+                    format!("idle_timeout = \"{}\"", humantime::format_duration(idle_timeout)),
+                ];
+                if reversed {
+                    lines.reverse();
+                }
+                let file = ConfigFile::parse(&lines.join("\n")).map_err(TestCaseError::fail)?.values;
+                prop_assert_eq!((file.workers, file.queue, file.max_request), (Some(workers), Some(queue), Some(max_request)));
+                prop_assert_eq!((file.read_timeout, file.idle_timeout), (Some(read_timeout), Some(idle_timeout)));
+            }
+        }
     }
 }

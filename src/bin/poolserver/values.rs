@@ -13,7 +13,7 @@ use std::{
 };
 
 use log::LevelFilter;
-use poolserver::{Mode, config::MAX_DURATION};
+use poolserver::{Cidr, Mode, config::MAX_DURATION};
 
 use crate::errors::{quote, shorten};
 
@@ -29,6 +29,10 @@ pub const DEFAULT_ACCESS_LOG: AccessLog = AccessLog::Stderr;
 /// The `metrics` setting: an address, or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// The `proxy_from` setting: the peers whose PROXY headers are believed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyFrom(pub Vec<Cidr>);
 
 /// Where the access log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +118,12 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Address ranges separated by commas: `10.0.0.0/8, 192.0.2.1, 2001:db8::/32`. An empty list cannot be
+/// written (an empty item is not a range); `Config::validate` refuses one that comes another way.
+pub fn parse_proxy_from(text: &str) -> Result<ProxyFrom, String> {
+    Cidr::parse_list(text).map(ProxyFrom).map_err(|e| shorten(&e.to_string()))
+}
+
 /// `ack` or `echo`.
 pub fn parse_mode(text: &str) -> Result<Mode, String> {
     match text.trim() {
@@ -190,6 +200,14 @@ mod tests {
             Ok(MetricsAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9180)))))
         );
         assert!(parse_metrics("on").unwrap_err().contains("expected HOST:PORT"));
+    }
+
+    #[test]
+    fn proxy_from_is_a_list_of_ranges() {
+        assert_eq!(parse_proxy_from(" 10.0.0.0/8,::1").map(|r| r.0.len()), Ok(2));
+        assert!(parse_proxy_from("10.0.0.1/8").unwrap_err().contains("did you mean 10.0.0.0/8?"));
+        assert!(parse_proxy_from("").unwrap_err().contains("is not an IP address"));
+        assert!(parse_proxy_from(&"x".repeat(1 << 20)).unwrap_err().len() < 1000, "one short line");
     }
 
     #[test]

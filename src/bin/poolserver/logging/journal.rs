@@ -10,7 +10,7 @@ use std::{env, fs::File, io, os::unix::fs::MetadataExt, sync::Arc};
 use log::{Level, Log, Metadata, Record};
 use systemd_journal_logger::JournalLog;
 
-use super::sink::{Batch, Destination, Sink};
+use super::sink::{Batch, Destination, Lost, Sink};
 
 /// Whether JOURNAL_STREAM names `stderr` (`DEVICE:INODE`), as systemd documents; a variable merely inherited
 /// from a parent session does not match.
@@ -95,8 +95,15 @@ impl Journal {
 impl Destination for Journal {
     type Batch = Entries;
 
-    fn write(&mut self, batch: &Entries, _lines: u64) -> u64 {
-        batch.0.iter().filter(|entry| self.send(entry).is_err()).count() as u64
+    fn write(&mut self, batch: &Entries, _lines: u64) -> Result<(), Lost> {
+        let mut lost: Option<Lost> = None;
+        for entry in &batch.0 {
+            if let Err(error) = self.send(entry) {
+                let lost = lost.get_or_insert(Lost { lines: 0, error });
+                lost.lines += 1;
+            }
+        }
+        lost.map_or(Ok(()), Err)
     }
 
     fn write_loss(&mut self, lines: u64) -> io::Result<()> {

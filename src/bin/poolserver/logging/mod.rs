@@ -14,6 +14,7 @@
 mod files;
 mod journal;
 mod line;
+mod outage;
 mod router;
 mod server_log;
 mod sink;

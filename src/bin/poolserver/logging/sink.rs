@@ -4,7 +4,7 @@
 //! destination's own takes the whole buffer out and writes it, so a destination that stalls (stderr a pipe
 //! nobody reads, a paused terminal, a slow disk, a busy journald) stalls that thread and nothing else. When
 //! the buffer is full, new lines are dropped and counted, and the count is written to the destination as soon
-//! as a write gets through again. Lines wait at most `FLUSH_DELAY` (nginx's `flush=`), or less once the buffer
+//! as a write gets through again. While writes fail, `outage` tells the server log once a second. Lines wait at most `FLUSH_DELAY` (nginx's `flush=`), or less once the buffer
 //! passes `HIGH_WATER`: under load that is one write per batch instead of one per line.
 
 use std::{
@@ -18,6 +18,9 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
+use log::{error, info, warn};
+
+use super::{outage::Outage, router::OPERATOR};
 
 /// The longest a line waits in the buffer before its writer takes it.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(50);
@@ -29,8 +32,8 @@ const HIGH_WATER: usize = 32 << 10;
 pub trait Destination: Send + 'static {
     type Batch: Batch;
 
-    /// Writes `batch`, which holds `lines` lines; returns how many of them were lost.
-    fn write(&mut self, batch: &Self::Batch, lines: u64) -> u64;
+    /// Writes `batch`, which holds `lines` lines, each whole or not at all; `Err` says how many were lost.
+    fn write(&mut self, batch: &Self::Batch, lines: u64) -> Result<(), Lost>;
 
     /// Tells the reader that `lines` lines never reached this destination.
     fn write_loss(&mut self, lines: u64) -> io::Result<()>;
@@ -39,6 +42,13 @@ pub trait Destination: Send + 'static {
     fn reopen(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Lines a write could not put in its destination, and why.
+#[derive(Debug)]
+pub struct Lost {
+    pub lines: u64,
+    pub error: io::Error,
 }
 
 /// What a sink buffers: bytes, or whole records for the journal.
@@ -129,6 +139,7 @@ impl<B: Batch> Sink<B> {
     fn write_until_closed<D: Destination<Batch = B>>(&self, mut destination: D, _done: Sender<()>) {
         let mut batch = B::default();
         let mut unreported = 0;
+        let mut outage = Outage::default();
         loop {
             let (lines, reopen, closing) = {
                 let mut state = self.lock();
@@ -145,15 +156,28 @@ impl<B: Batch> Sink<B> {
                 (mem::take(&mut state.lines), mem::take(&mut state.reopen), state.closing)
             };
             if reopen && let Err(e) = destination.reopen() {
-                // Logged, not written here: the message goes to the other destinations too.
-                log::error!("cannot reopen the {}: {e}; still writing to the file it had open", self.name);
+                // Logged, not written here: the message goes to the other destinations too. An operator's
+                // action, so never throttled: each destination that fails is named.
+                error!(target: OPERATOR, "cannot reopen the {}: {e}; still writing to the file it had open", self.name);
             }
             if lines > 0 {
-                let lost = destination.write(&batch, lines);
-                self.lost.fetch_add(lost, Relaxed);
-                unreported += lost;
-                if lost == 0 && unreported > 0 && destination.write_loss(unreported).is_ok() {
-                    unreported = 0;
+                match destination.write(&batch, lines) {
+                    Ok(()) => {
+                        if let Some(notice) = outage.recovered(&self.name) {
+                            info!(target: OPERATOR, "{notice}");
+                        }
+                        if unreported > 0 && destination.write_loss(unreported).is_ok() {
+                            unreported = 0;
+                        }
+                    }
+                    Err(Lost { lines: lost, error }) => {
+                        self.lost.fetch_add(lost, Relaxed);
+                        unreported += lost;
+                        // Rate-limited here, with the count; the throttle would fold it into a stale sample.
+                        if let Some(notice) = outage.failed(&self.name, lost, &error, Instant::now()) {
+                            warn!(target: OPERATOR, "{notice}");
+                        }
+                    }
                 }
             }
             batch.clear();
@@ -214,10 +238,10 @@ mod tests {
     impl Destination for Held {
         type Batch = Vec<u8>;
 
-        fn write(&mut self, batch: &Vec<u8>, _lines: u64) -> u64 {
+        fn write(&mut self, batch: &Vec<u8>, _lines: u64) -> Result<(), Lost> {
             let _ = self.go.recv();
             let _ = self.written.send(batch.clone());
-            0
+            Ok(())
         }
 
         fn write_loss(&mut self, lines: u64) -> io::Result<()> {

@@ -1,54 +1,25 @@
 //! Just enough HTTP/1.1 for a scraper: one request per connection, `GET /metrics` answered, anything else
-//! refused, and every connection bounded so that no client can keep the metrics thread for long.
+//! refused; the bounds on a connection's time (`DEADLINE`) and request size (`MAX_REQUEST`). Bytes in,
+//! bytes out: the sockets are `clients`' business.
 
-use std::{
-    io::{self, Read, Write},
-    net::{Shutdown, TcpStream},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 /// The most one connection may take, reading the request and writing the answer together.
 pub const DEADLINE: Duration = Duration::from_secs(2);
 /// The largest request head read; a scraper's is a few hundred bytes.
-const MAX_REQUEST: usize = 8 << 10;
+pub const MAX_REQUEST: usize = 8 << 10;
 
-/// Answers one connection; any failure just ends it (the scraper sees the close and retries next time).
-pub fn answer(mut stream: TcpStream, registry: &Registry) {
-    let deadline = Instant::now() + DEADLINE;
-    let response = match read_head(&mut stream, deadline) {
-        Ok(Some(head)) => respond(&head, registry),
-        Ok(None) => reply("431 Request Header Fields Too Large", "text/plain", "request too large\n".into()),
-        // Timed out, reset or closed before a whole request: nobody to answer.
-        Err(_) => return,
-    };
-    let Some(left) = deadline.checked_duration_since(Instant::now()) else { return };
-    if stream.set_write_timeout(Some(left.max(Duration::from_millis(1)))).is_ok() {
-        let _ = stream.write_all(&response);
-        let _ = stream.shutdown(Shutdown::Write);
-    }
-}
-
-/// The request head up to its blank line; `None` when it is longer than `MAX_REQUEST`.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0; 1024];
-    loop {
-        let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
-        let Some(left) = left else { return Err(io::ErrorKind::TimedOut.into()) };
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_REQUEST {
-            return Ok(None);
-        }
+/// The response to what a client sent so far, once there is one: its request head is complete, or longer
+/// than `MAX_REQUEST` (431). `None`: more is needed.
+pub fn response_to(received: &[u8], registry: &Registry) -> Option<Vec<u8>> {
+    if received.windows(4).any(|w| w == b"\r\n\r\n") || received.windows(2).any(|w| w == b"\n\n") {
+        Some(respond(received, registry))
+    } else if received.len() > MAX_REQUEST {
+        Some(reply("431 Request Header Fields Too Large", "text/plain", "request too large\n".into()))
+    } else {
+        None
     }
 }
 
@@ -103,6 +74,16 @@ mod tests {
     }
 
     #[test]
+    fn a_response_waits_for_the_whole_head_or_refuses_an_oversized_one() {
+        let registry = Registry::default();
+        assert_eq!(response_to(b"GET /metrics HTTP/1.1\r\nHost: x\r\n", &registry), None);
+        assert!(response_to(b"GET /metrics HTTP/1.1\r\n\r\n", &registry).is_some());
+        let oversized = [b'a'; MAX_REQUEST + 1];
+        let refused = response_to(&oversized, &registry).unwrap();
+        assert!(refused.starts_with(b"HTTP/1.1 431 "));
+    }
+
+    #[test]
     fn only_get_metrics_is_answered() {
         assert_eq!(status("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), "HTTP/1.1 200 OK");
         assert_eq!(status("GET /metrics?x=1 HTTP/1.1\r\n\r\n"), "HTTP/1.1 200 OK");
@@ -111,5 +92,41 @@ mod tests {
         assert_eq!(status("\u{1b}\r\n\r\n"), "HTTP/1.1 404 Not Found");
         let head = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &Registry::default());
         assert!(head.ends_with(b"\r\n\r\n"), "{}", String::from_utf8_lossy(&head));
+    }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a client sends, there is a response once the head ends or passes the limit.
+            #[test]
+            fn random_requests_never_panic(bytes in vec(any::<u8>(), 0..10_000)) {
+                let registry = Registry::default();
+                match response_to(&bytes, &registry) {
+                    Some(response) => prop_assert!(response.starts_with(b"HTTP/1.1 ")),
+                    None => prop_assert!(bytes.len() <= MAX_REQUEST),
+                }
+            }
+
+            /// However a request arrives, nothing is answered before its head is complete (the client's
+            /// bytes are kept and looked at again whole, so the last piece gets the whole one's answer).
+            #[test]
+            fn a_request_split_anywhere_is_answered_only_when_whole(
+                path in "/[a-z?=/]{0,20}", headers in vec("[A-Za-z-]{1,12}: [ -~]{0,40}", 0..8), cuts in vec(any::<usize>(), 0..6)
+            ) {
+                let registry = Registry::default();
+                let request = format!("GET {path} HTTP/1.1\r\n{}\r\n", headers.iter().map(|h| format!("{h}\r\n")).collect::<String>());
+                let request = request.as_bytes();
+                let whole = response_to(request, &registry);
+                prop_assert!(whole.is_some());
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % request.len()).filter(|&c| c > 0).collect();
+                cuts.sort_unstable();
+                for cut in cuts {
+                    prop_assert_eq!(response_to(&request[..cut], &registry), None, "cut at {}", cut);
+                }
+            }
+        }
     }
 }

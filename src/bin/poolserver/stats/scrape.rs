@@ -105,4 +105,29 @@ mod tests {
         assert!(scrape.get("b").unwrap_err().contains("no b"));
         assert_eq!(scrape.buckets("h"), vec![(0.1, 1.0), (0.5, 2.0), (f64::INFINITY, 3.0)]);
     }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn random_pages_never_panic(text in any::<String>()) {
+                let _ = parse(&text);
+            }
+
+            /// Sample lines read back by name, between comments and lines that are not samples.
+            #[test]
+            fn samples_read_back(samples in vec(("[a-z_]{1,20}(\\{le=\"[0-9.]{1,5}\"\\})?", any::<u32>()), 0..20)) {
+                let body: String = samples.iter().map(|(name, value)| format!("# HELP {name} x\n{name} {value}\nnot a sample\n")).collect();
+                let read = parse(&body);
+                for (name, value) in samples.iter().rev() {
+                    // The last of a repeated name wins; look each name up where it was last written.
+                    let last = samples.iter().rev().find(|(n, _)| n == name).map(|(_, v)| f64::from(*v));
+                    prop_assert_eq!(read.get(name).copied(), last, "{} {}", name, value);
+                }
+            }
+        }
+    }
 }
