@@ -38,6 +38,14 @@ use crate::{
 /// are seen even while the queue never runs dry (their messages then queue behind the others, or get the
 /// busy reply).
 const LOOK_EVERY: Duration = Duration::from_micros(200);
+/// After a job, how long a worker may look at the queue for the next one before it sleeps, while that pays
+/// (see `Spin`): waking a sleeping thread costs more than a client's whole exchange takes on loopback.
+const SPIN_FOR: Duration = Duration::from_micros(100);
+/// A worker whose spins found nothing still tries one after every this many jobs, to notice when they would
+/// pay again.
+const SPIN_PROBE_EVERY: u32 = 64;
+/// How many spins in a row may find nothing before a worker stops spinning.
+const SPIN_PATIENCE: u32 = 4;
 /// How many events one wait takes from the epoll at most.
 const EVENTS: usize = 64;
 /// How often the room's own thread looks at the room while every worker is busy (see `watch_while_busy`).
@@ -278,6 +286,7 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
     let mut buf = Vec::new();
     let mut found = Found::with_capacity(EVENTS);
     let mut last_look = Instant::now();
+    let mut spin = Spin::default();
     loop {
         if context.time_to_end() {
             context.room.wake_one();
@@ -309,6 +318,45 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
             last_look = Instant::now();
             context.look(&mut found, &service);
         }
+        spin.after_job(jobs);
+    }
+}
+
+/// A worker's short look at the queue for the next job, before it sleeps. It spins only while spinning
+/// pays: after a spin that found a job, and for `SPIN_PATIENCE` spins after it; then only once every
+/// `SPIN_PROBE_EVERY` jobs. Steady one-shot clients (each connection a job the accept loop queues) keep it
+/// spinning; a conversation's next message comes through the room, not the queue, so sparse conversations
+/// cost no spin, and with no jobs there is nothing to spin after.
+#[derive(Default)]
+struct Spin {
+    misses: u32,
+    jobs: u32,
+}
+
+impl Spin {
+    fn after_job(&mut self, jobs: &Receiver<Conn>) {
+        self.jobs = self.jobs.wrapping_add(1);
+        let resting = self.misses >= SPIN_PATIENCE && !self.jobs.is_multiple_of(SPIN_PROBE_EVERY);
+        if resting || !jobs.is_empty() {
+            return;
+        }
+        let until = Instant::now() + SPIN_FOR;
+        let mut round = 0_u32;
+        while jobs.is_empty() {
+            if Instant::now() >= until {
+                self.misses = self.misses.saturating_add(1);
+                return;
+            }
+            round = round.wrapping_add(1);
+            // Mostly spinning; yielding now and then, so that on a loaded machine the threads that make the
+            // next job (the accept loop, the clients) run first.
+            if round.is_multiple_of(8) {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        self.misses = 0;
     }
 }
 
