@@ -36,6 +36,11 @@ pub const DEFAULT_QUEUE: usize = 1024;
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// How long a conversation may sit silent between messages before the server closes it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Messages one conversation may have before the server closes it after the reply: nginx's
+/// `keepalive_requests`. Without a cap, a client that sends a byte now and then holds its connection for ever.
+pub const DEFAULT_MAX_MESSAGES: usize = 1000;
+/// How long one conversation may last before the server closes it after a reply: nginx's `keepalive_time`.
+pub const DEFAULT_MAX_CONVERSATION: Duration = Duration::from_secs(3600);
 /// How long a new client may take to send its first message.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing one whole reply may take.
@@ -45,6 +50,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request buffer allowed; every worker owns one of this size.
 pub const MAX_REQUEST_LIMIT: usize = 16 << 20;
+/// The largest `max_messages`; far past any real conversation, and still a cap.
+pub const MAX_MESSAGES_LIMIT: usize = 1 << 30;
 /// The most worker threads; far past what a machine runs well, short of what it cannot start.
 pub const MAX_WORKERS: usize = 1024;
 /// The most queue places. The queue is a channel without a bound of its own; its length is checked against
@@ -129,6 +136,12 @@ pub struct Config {
     pub keep_alive: bool,
     /// With `keep_alive`: how long a conversation may be silent after a reply before it is closed.
     pub idle_timeout: Duration,
+    /// With `keep_alive`: the most messages one conversation is answered; the reply to the last one is
+    /// followed by a close (a FIN), and the connection counts as served.
+    pub max_messages: usize,
+    /// With `keep_alive`: how long one conversation may last, counted from when it was accepted; the first
+    /// reply after it is followed by a close (a FIN), and the connection counts as served.
+    pub max_conversation: Duration,
     /// SO_REUSEPORT on the listener, so several processes can serve one port.
     pub reuse_port: bool,
     /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer.
@@ -163,6 +176,8 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             keep_alive: false,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            max_conversation: DEFAULT_MAX_CONVERSATION,
             reuse_port: false,
             proxy_protocol: false,
             proxy_from: None,
@@ -188,6 +203,9 @@ impl Config {
         if let Err(why) = check_count(self.max_request, MAX_REQUEST_LIMIT) {
             return bad("max_request", why);
         }
+        if let Err(why) = check_count(self.max_messages, MAX_MESSAGES_LIMIT) {
+            return bad("max_messages", why);
+        }
         for (field, value) in
             [("max_connections", self.max_connections), ("max_per_client", self.max_per_client)]
         {
@@ -200,6 +218,7 @@ impl Config {
             ("write_timeout", self.write_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("max_conversation", self.max_conversation),
         ] {
             if let Err(why) = check_duration(value) {
                 return bad(field, why);
@@ -264,6 +283,19 @@ mod tests {
         assert_eq!(refused(|c| c.max_request = 0), "max_request: must be at least 1");
         assert_eq!(refused(|c| c.queue = MAX_QUEUE + 1), "queue: must be at most 65536");
         assert_eq!(refused(|c| c.idle_timeout = Duration::ZERO), "idle_timeout: must be longer than zero");
+        assert_eq!(refused(|c| c.max_messages = 0), "max_messages: must be at least 1");
+        assert_eq!(
+            refused(|c| c.max_messages = MAX_MESSAGES_LIMIT + 1),
+            "max_messages: must be at most 1073741824"
+        );
+        assert_eq!(
+            refused(|c| c.max_conversation = Duration::ZERO),
+            "max_conversation: must be longer than zero"
+        );
+        assert_eq!(
+            refused(|c| c.max_conversation = MAX_DURATION + Duration::from_secs(1)),
+            "max_conversation: must be at most 24h"
+        );
         assert!(refused(|c| c.reply.clear()).starts_with("reply: must not be empty"));
         assert_eq!(refused(|c| c.max_connections = Some(0)), "max_connections: must be at least 1");
         assert_eq!(refused(|c| c.max_per_client = Some(0)), "max_per_client: must be at least 1");

@@ -5,6 +5,7 @@
 //! accepted ─► New ─ readable ─► worker: read one message, handler, write
 //!                                 ├─ reply did not fit ──► Writing (room, until write_timeout) ─► a reset if late
 //!                                 ├─ keep-alive ─────────► Idle (room, until idle_timeout) ─ readable ─► worker
+//!                                 │   (not after max_messages, or once the conversation is max_conversation old)
 //!                                 ├─ client may send more ► Lingering (room: our FIN sent, discard, bounded)
 //!                                 └─ otherwise ──────────► closed
 //! ```
@@ -440,11 +441,33 @@ struct After {
 fn replied(mut conn: Conn, service: &Service, after: After, started: Instant) -> Step {
     service.stats.answered(started.elapsed());
     if service.keep_alive && !after.close && !service.is_stopping() {
-        conn.phase = Phase::Idle(Instant::now());
-        return conn.wait(Interest::Readable, service);
+        match cap_reached(&conn, service) {
+            Some(cap) => info!(target: "access", "{conn} ended after {cap}"),
+            None => {
+                conn.phase = Phase::Idle(Instant::now());
+                return conn.wait(Interest::Readable, service);
+            }
+        }
     }
     conn.tally.end(Ending::Served);
     close_gracefully(conn, service, after.may_send_more)
+}
+
+/// The cap a conversation has reached with its last reply, as the access log says it: `max_messages` or
+/// `max_conversation` (nginx's `keepalive_requests` and `keepalive_time`), so that no client holds a
+/// connection for ever by sending a byte now and then.
+fn cap_reached(conn: &Conn, service: &Service) -> Option<String> {
+    let age = conn.accepted.elapsed();
+    if conn.messages >= service.max_messages {
+        Some(format!("{} messages (max_messages)", conn.messages))
+    } else if age >= service.max_conversation {
+        Some(format!(
+            "{age:.1?} (max_conversation {:?}, {} messages)",
+            service.max_conversation, conn.messages
+        ))
+    } else {
+        None
+    }
 }
 
 /// Closes without resetting the client. Linux resets a connection closed with unread input, and a reset

@@ -462,6 +462,8 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     note("shutdown_timeout", format!("{:?}", old.shutdown_timeout), format!("{:?}", new.shutdown_timeout));
     note("keep_alive", old.keep_alive.to_string(), new.keep_alive.to_string());
     note("idle_timeout", format!("{:?}", old.idle_timeout), format!("{:?}", new.idle_timeout));
+    note("max_messages", old.max_messages.to_string(), new.max_messages.to_string());
+    note("max_conversation", format!("{:?}", old.max_conversation), format!("{:?}", new.max_conversation));
     note("proxy_protocol", old.proxy_protocol.to_string(), new.proxy_protocol.to_string());
     note("proxy_from", cidr::describe(old.proxy_from.as_deref()), cidr::describe(new.proxy_from.as_deref()));
     let limit = |n: Option<usize>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());

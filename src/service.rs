@@ -37,6 +37,10 @@ pub(crate) struct Service {
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// A conversation closes after the reply to this many messages...
+    pub(crate) max_messages: u64,
+    /// ...or after the first reply once it is this old.
+    pub(crate) max_conversation: Duration,
     pub(crate) leftover_limit: usize,
     /// The connections open per client, with `max_per_client`.
     pub(crate) per_client: Option<Arc<PerClient>>,
@@ -84,6 +88,8 @@ impl Service {
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
+            max_messages: config.max_messages as u64,
+            max_conversation: config.max_conversation,
             leftover_limit: LEFTOVER_LIMIT.max(2 * config.max_request),
             per_client,
             stats,

@@ -12,7 +12,9 @@ use std::{
 };
 
 use crossbeam_channel::Receiver;
-use poolserver::{Config, Echo, Error, Message, Monitor, Server, ShutdownHandle, Summary};
+use poolserver::{
+    Config, Echo, Error, Message, Monitor, Server, ShutdownHandle, Summary, config::MAX_MESSAGES_LIMIT,
+};
 use support::{REPLY, Server as Binary, WAIT, connect};
 
 fn config(workers: usize, keep_alive: bool) -> Config {
@@ -94,7 +96,10 @@ fn echo_then_fin(addr: SocketAddr, data: Vec<u8>, seed: u64, within: Duration) -
 
 #[test]
 fn a_fin_that_arrives_while_the_connection_is_on_a_worker_is_seen() {
-    let running = Running::start(Server::bind_with(config(2, true), Echo).unwrap());
+    let mut config = config(2, true);
+    // The 1 MiB echo below is over a thousand reads of max_request: more than the default max_messages.
+    config.max_messages = MAX_MESSAGES_LIMIT;
+    let running = Running::start(Server::bind_with(config, Echo).unwrap());
     let addr = running.addr;
     // 20 clients at once, 10,000 bytes each then FIN: the FIN often arrives while a worker still echoes.
     let clients: Vec<_> = (0..20_u64)

@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fs, time::Duration};
 
 use poolserver::{
     Config,
-    config::{MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_DURATION, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS},
+    config::{
+        MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_DURATION, MAX_MESSAGES_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT,
+        MAX_WORKERS,
+    },
 };
 use support::{WAIT, accepted_keys, command, output};
 
@@ -60,6 +63,8 @@ fn is_default(key: &str, shown: &str) -> Option<bool> {
         "write_timeout" => same_duration(d.write_timeout),
         "shutdown_timeout" => same_duration(d.shutdown_timeout),
         "idle_timeout" => same_duration(d.idle_timeout),
+        "max_messages" => same(d.max_messages.to_string()),
+        "max_conversation" => same_duration(d.max_conversation),
         "keep_alive" => same(d.keep_alive.to_string()),
         "reuse_port" => same(d.reuse_port.to_string()),
         "proxy_protocol" => same(d.proxy_protocol.to_string()),
@@ -117,6 +122,7 @@ fn serve_help_shows_the_librarys_defaults_and_ranges() {
         ("queue", MAX_QUEUE),
         ("backlog", MAX_BACKLOG as usize),
         ("max_request", MAX_REQUEST_LIMIT),
+        ("max_messages", MAX_MESSAGES_LIMIT),
         ("max_connections", MAX_CONNECTIONS_LIMIT),
         ("max_per_client", MAX_CONNECTIONS_LIMIT),
     ] {
@@ -209,6 +215,8 @@ fn the_ranges_the_docs_and_the_sample_name_are_the_librarys() {
         (&page, format!("Both are 1 to {MAX_CONNECTIONS_LIMIT}")),
         (&page, format!("`max_request` is 1 to 16 MiB ({MAX_REQUEST_LIMIT})")),
         (&page, format!("at most `{}h`", MAX_DURATION.as_secs() / 3600)),
+        (&page, format!("`max_messages` is 1 to {MAX_MESSAGES_LIMIT}")),
+        (&sample, format!("(1 to {MAX_MESSAGES_LIMIT})")),
         (&sample, format!("(1 to {MAX_REQUEST_LIMIT})")),
     ] {
         assert!(text.contains(&said), "the docs or the sample no longer say {said:?}");

@@ -102,8 +102,10 @@ fn lines_lost_to_a_stalled_stderr_are_counted_and_reported_once_it_drains() {
     let log = dir.path().join("server.log");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let (mut server, unread) =
-        start_unread(&listener, &["--keep-alive", "--mode", "echo", "--log-file", log.to_str().unwrap()]);
+    // --max-messages: the one conversation below is longer than the default cap allows.
+    let args =
+        ["--keep-alive", "--max-messages", "10000", "--mode", "echo", "--log-file", log.to_str().unwrap()];
+    let (mut server, unread) = start_unread(&listener, &args);
     drop(listener);
 
     // One conversation of 10,000 messages of 64 bytes: an access line of about 160 bytes each, 1.6 MB in

@@ -14,9 +14,10 @@ use log::LevelFilter;
 use poolserver::{
     Config, Mode,
     config::{
-        DEFAULT_BACKLOG, DEFAULT_BIND, DEFAULT_BUSY_REPLY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_REQUEST,
-        DEFAULT_QUEUE, DEFAULT_READ_TIMEOUT, DEFAULT_REPLY, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
-        MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_DURATION, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS,
+        DEFAULT_BACKLOG, DEFAULT_BIND, DEFAULT_BUSY_REPLY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONVERSATION,
+        DEFAULT_MAX_MESSAGES, DEFAULT_MAX_REQUEST, DEFAULT_QUEUE, DEFAULT_READ_TIMEOUT, DEFAULT_REPLY,
+        DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT, MAX_BACKLOG, MAX_CONNECTIONS_LIMIT, MAX_DURATION,
+        MAX_MESSAGES_LIMIT, MAX_QUEUE, MAX_REQUEST_LIMIT, MAX_WORKERS,
     },
 };
 
@@ -273,6 +274,18 @@ pub struct ServeArgs {
           help = with_default(&format!("With --keep-alive: how long a conversation may be silent after a reply \
                                         before it is closed; at most {}", longest()), duration(DEFAULT_IDLE_TIMEOUT)))]
     pub idle_timeout: Option<Duration>,
+
+    #[arg(long, env = "POOLSERVER_MAX_MESSAGES", value_name = "N", value_parser = parse_count,
+          help = with_default(&format!("With --keep-alive: the most messages one conversation is answered, 1 to \
+                                        {MAX_MESSAGES_LIMIT}; the last reply is followed by a close"),
+                              DEFAULT_MAX_MESSAGES))]
+    pub max_messages: Option<usize>,
+
+    #[arg(long, env = "POOLSERVER_MAX_CONVERSATION", value_name = "DUR", value_parser = parse_duration,
+          help = with_default(&format!("With --keep-alive: how long one conversation may last; the first reply \
+                                        after it is followed by a close; at most {}", longest()),
+                              duration(DEFAULT_MAX_CONVERSATION)))]
+    pub max_conversation: Option<Duration>,
 
     /// Also append the server log to this file (reopened on SIGUSR1)
     #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]

@@ -112,6 +112,10 @@ impl Settings {
             .unwrap_or(c.shutdown_timeout);
         c.keep_alive = m.pick("keep_alive", args.keep_alive, f.keep_alive).unwrap_or(c.keep_alive);
         c.idle_timeout = m.pick("idle_timeout", args.idle_timeout, f.idle_timeout).unwrap_or(c.idle_timeout);
+        c.max_messages = m.pick("max_messages", args.max_messages, f.max_messages).unwrap_or(c.max_messages);
+        c.max_conversation = m
+            .pick("max_conversation", args.max_conversation, f.max_conversation)
+            .unwrap_or(c.max_conversation);
         c.reuse_port = m.pick("reuse_port", args.reuse_port, f.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol =
             m.pick("proxy_protocol", args.proxy_protocol, f.proxy_protocol).unwrap_or(c.proxy_protocol);
@@ -183,6 +187,8 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout",
     "keep_alive",
     "idle_timeout",
+    "max_messages",
+    "max_conversation",
     "log_level",
     "log_file",
     "access_log",
@@ -217,6 +223,8 @@ struct FileConfig {
     shutdown_timeout: Option<Duration>,
     keep_alive: Option<bool>,
     idle_timeout: Option<Duration>,
+    max_messages: Option<usize>,
+    max_conversation: Option<Duration>,
     log_level: Option<LevelFilter>,
     log_file: Option<PathBuf>,
     access_log: Option<AccessLog>,
@@ -279,6 +287,8 @@ impl FileConfig {
             "shutdown_timeout" => self.shutdown_timeout = Some(duration(value)?),
             "keep_alive" => self.keep_alive = Some(switch(value)?),
             "idle_timeout" => self.idle_timeout = Some(duration(value)?),
+            "max_messages" => self.max_messages = Some(count(value, "1000")?),
+            "max_conversation" => self.max_conversation = Some(duration(value)?),
             "log_level" => self.log_level = Some(parse_log_level(text(value, "\"info\"")?)?),
             "log_file" => self.log_file = Some(text(value, "\"/var/log/poolserver.log\"")?.into()),
             "access_log" => {
@@ -428,7 +438,15 @@ mod tests {
             wrong("workers = \"4\""),
             "line 1: workers: expected a number, like 4 (found a string: write the number without quotes)"
         );
-        for key in ["workers", "queue", "backlog", "max_connections", "max_per_client", "max_request"] {
+        for key in [
+            "workers",
+            "queue",
+            "backlog",
+            "max_connections",
+            "max_per_client",
+            "max_request",
+            "max_messages",
+        ] {
             assert!(
                 wrong(&format!("{key} = []")).contains(&format!("{key}: expected a number, like")),
                 "{key}"
@@ -438,7 +456,7 @@ mod tests {
             let message = wrong(&format!("{key} = 1"));
             assert!(message.contains(&format!("{key}: expected a string in quotes, like \"")), "{message}");
         }
-        for key in ["read_timeout", "write_timeout", "shutdown_timeout", "idle_timeout"] {
+        for key in ["read_timeout", "write_timeout", "shutdown_timeout", "idle_timeout", "max_conversation"] {
             let message = wrong(&format!("{key} = 5"));
             assert!(
                 message.contains(&format!("{key}: expected a duration in quotes, like \"5s\"")),
@@ -487,7 +505,7 @@ mod tests {
             "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmax_connections = 11\nmax_per_client = 2\n\
              mode = \"echo\"\nreply = \"r\"\n\
              busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
-             shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nlog_level = \"warn\"\n\
+             shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nmax_messages = 6\nmax_conversation = \"8s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
              proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
         )
@@ -499,7 +517,7 @@ mod tests {
              max_connections: Some(11), max_per_client: Some(2), \
              mode: Some(Echo), reply: Some(\"r\"), busy_reply: Some(\"b\"), max_request: Some(5), \
              read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
-             idle_timeout: Some(4s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
+             idle_timeout: Some(4s), max_messages: Some(6), max_conversation: Some(8s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
              proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
         );
