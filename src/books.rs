@@ -186,6 +186,12 @@ impl<T> Books<T> {
         }
     }
 
+    /// The timer rang: it is unset now, so the next `timer_change` sets it again, even for the same instant
+    /// (a timer that rang a hair early must ring again, not be taken as set).
+    pub(crate) fn timer_rang(&mut self) {
+        self.timer_at = None;
+    }
+
     /// When the timer must ring next, if that changed since the last call: `Some(None)` to turn it off.
     pub(crate) fn timer_change(&mut self) -> Option<Option<Instant>> {
         let next = self.timers.peek().map(|Reverse((at, ..))| *at);
@@ -337,6 +343,9 @@ mod tests {
         assert_eq!(books.timer_change(), None, "a later deadline changes nothing");
         books.hold(3, 3, "c", t0 + secs(1), Wait::Message, t0).unwrap();
         assert_eq!(books.timer_change(), Some(Some(t0 + secs(1))));
+        books.timer_rang();
+        assert_eq!(books.expire(t0), vec![], "rang early: nothing due yet");
+        assert_eq!(books.timer_change(), Some(Some(t0 + secs(1))), "set again for the same instant");
         books.expire(t0 + secs(9));
         assert_eq!(books.timer_change(), Some(None));
     }

@@ -63,8 +63,8 @@ pub(crate) struct Pool {
     threads: Vec<thread::JoinHandle<()>>,
     workers: usize,
     next_worker_id: usize,
-    /// The room's own thread, and the sender whose drop ends it.
-    tending: (thread::JoinHandle<()>, Sender<()>),
+    /// The waiting room's own thread, and the sender whose drop ends it.
+    room_thread: (thread::JoinHandle<()>, Sender<()>),
 }
 
 /// What the workers and the accept loop share.
@@ -102,11 +102,11 @@ impl Pool {
             closed: AtomicBool::new(false),
         });
         let (alive, finished) = crossbeam_channel::bounded::<()>(0);
-        let (end_tending, tending_ends) = crossbeam_channel::bounded::<()>(0);
+        let (end_room_thread, room_thread_ends) = crossbeam_channel::bounded::<()>(0);
         let watcher = Arc::clone(&context);
-        let tending = thread::Builder::new()
+        let room_thread = thread::Builder::new()
             .name("waiting-room".to_owned())
-            .spawn(move || watch_while_busy(&watcher, &tending_ends))
+            .spawn(move || watch_while_busy(&watcher, &room_thread_ends))
             .map_err(|source| Error::Io { what: "start the waiting room's thread", source })?;
         let mut pool = Pool {
             context,
@@ -116,7 +116,7 @@ impl Pool {
             threads: Vec::new(),
             workers: 0,
             next_worker_id: 0,
-            tending: (tending, end_tending),
+            room_thread: (room_thread, end_room_thread),
         };
         pool.resize(workers)?;
         Ok(pool)
@@ -187,15 +187,16 @@ impl Pool {
     /// `timeout`. On time, returns the summary; late, returns how many connections are being abandoned
     /// along with it.
     pub(crate) fn shutdown(self, timeout: Duration) -> Result<Summary, (usize, Summary)> {
-        let Pool { context, alive, finished, threads, tending: (tending, end_tending), .. } = self;
+        let Pool { context, alive, finished, threads, room_thread: (room_thread, end_room_thread), .. } =
+            self;
         drop(alive);
         context.closed.store(true, SeqCst);
         context.room.wake_one();
         let stats = Arc::clone(&context.current.get().stats);
         match finished.recv_deadline(Instant::now() + timeout) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {
-                drop(end_tending);
-                for thread in threads.into_iter().chain([tending]) {
+                drop(end_room_thread);
+                for thread in threads.into_iter().chain([room_thread]) {
                     let _ = thread.join();
                 }
                 Ok(stats.summary())

@@ -101,6 +101,7 @@ impl Room {
                 }
                 Ready::Wake => woken = true,
                 Ready::Timer => {
+                    books.timer_rang();
                     let now = Instant::now();
                     found.expired.extend(books.expire(now).into_iter().map(|(w, why)| (w.conn, why)));
                 }
