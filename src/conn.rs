@@ -251,7 +251,7 @@ impl Conn {
 }
 
 impl Conn {
-    /// Origin this connection is, for the log; cheap to keep after the connection has moved on.
+    /// Where this connection comes from, for the log; cheap to keep after the connection has moved on.
     pub(crate) fn origin(&self) -> Origin {
         Origin { client: self.client(), peer: self.peer }
     }
