@@ -43,7 +43,7 @@ const LOOK_EVERY: Duration = Duration::from_micros(200);
 const SPIN_FOR: Duration = Duration::from_micros(100);
 /// A worker whose spins found nothing still tries one after every this many jobs, to notice when they would
 /// pay again.
-const SPIN_PROBE_EVERY: u32 = 64;
+const SPIN_PROBE_EVERY: u32 = 1024;
 /// How many spins in a row may find nothing before a worker stops spinning.
 const SPIN_PATIENCE: u32 = 4;
 /// How many events one wait takes from the epoll at most.
