@@ -7,6 +7,10 @@ mod support;
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -209,8 +213,13 @@ fn one_slow_handler_holds_one_worker_not_the_other_conversations() {
         }
         message.bytes().to_vec()
     };
-    let running = Running::start(Server::bind_with(config(4, true), handler).unwrap());
+    let mut config = config(4, true);
+    // The fast conversations talk for the whole 2 s: more than the default max_messages.
+    config.max_messages = MAX_MESSAGES_LIMIT;
+    let running = Running::start(Server::bind_with(config, handler).unwrap());
     let addr = running.addr;
+    let slow_done = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&slow_done);
     let slow = thread::spawn(move || {
         let mut stream = connect(addr);
         for _ in 0..5 {
@@ -218,13 +227,17 @@ fn one_slow_handler_holds_one_worker_not_the_other_conversations() {
             let mut reply = [0; 4];
             stream.read_exact(&mut reply).unwrap();
         }
+        done.store(true, SeqCst);
     });
+    // The others talk for as long as the slow one does (bounded by WAIT).
     let others: Vec<_> = (0..16)
         .map(|_| {
+            let slow_done = Arc::clone(&slow_done);
             thread::spawn(move || {
                 let mut stream = connect(addr);
                 let mut worst = Duration::ZERO;
-                for _ in 0..100 {
+                let until = Instant::now() + WAIT;
+                while !slow_done.load(SeqCst) && Instant::now() < until {
                     let sent = Instant::now();
                     stream.write_all(b"fast").unwrap();
                     let mut reply = [0; 4];
