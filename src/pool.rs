@@ -236,16 +236,20 @@ impl Context {
         }
     }
 
-    /// Whether this worker is to end now: it was asked to retire, or the server has stopped and no
-    /// connection is open any more.
+    /// The accept loop is done and no connection is open any more: every worker ends.
+    fn drained(&self) -> bool {
+        self.closed.load(SeqCst) && self.open.get() == 0
+    }
+
+    /// Whether this worker is to end now: the pool is drained, or this worker takes one of the retirements
+    /// asked for.
     fn time_to_end(&self) -> bool {
-        (self.closed.load(SeqCst) && self.open.get() == 0)
-            || self.retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+        self.drained() || self.retiring.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 
     /// Whether a worker about to sleep should look at the end instead (without taking a retirement).
     fn time_to_end_soon(&self) -> bool {
-        (self.closed.load(SeqCst) && self.open.get() == 0) || self.retiring.load(SeqCst) > 0
+        self.drained() || self.retiring.load(SeqCst) > 0
     }
 
     /// A look at the room without waiting, by a worker between jobs or the room's thread: everything it
