@@ -51,11 +51,19 @@ pub(crate) struct Books<T> {
 
 struct Slot<T> {
     held: Option<Held<T>>,
-    /// Readiness that came for this connection before it was held (its descriptor is armed just before it
-    /// is handed in): it goes on at once when it is.
-    ready_early: Option<Tag>,
+    /// Readiness that came for this connection while it was not held (on a worker, queued, or armed just
+    /// before it is handed in), and whether a hang-up came with it: it goes on at once when it is held.
+    ready_early: Option<(Tag, bool)>,
     /// The timer entry queued for this slot, as (connection id, deadline).
     timer: Option<(Tag, Instant)>,
+}
+
+/// A connection handed in after readiness came for it: it goes on instead of waiting.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Early<T> {
+    pub(crate) item: T,
+    /// A hang-up (the client's FIN, or an error) was reported with the readiness.
+    pub(crate) hung_up: bool,
 }
 
 struct Held<T> {
@@ -99,7 +107,7 @@ impl<T> Books<T> {
         deadline: Instant,
         wait: Wait,
         now: Instant,
-    ) -> Result<(), T> {
+    ) -> Result<(), Early<T>> {
         let (deadline, cut_by_stop) = match self.grace {
             Some(grace) if wait == Wait::Message && now + grace < deadline => (now + grace, true),
             _ => (deadline, false),
@@ -108,8 +116,10 @@ impl<T> Books<T> {
             self.slots.resize_with(key + 1, Slot::default);
         }
         let slot = &mut self.slots[key];
-        if slot.ready_early.take() == Some(id) {
-            return Err(item);
+        if let Some((early_id, hung_up)) = slot.ready_early.take()
+            && early_id == id
+        {
+            return Err(Early { item, hung_up });
         }
         if slot.held.replace(Held { id, item, deadline, wait, cut_by_stop }).is_none() {
             self.held += 1;
@@ -121,16 +131,18 @@ impl<T> Books<T> {
         Ok(())
     }
 
-    /// Takes the connection `id` held on `key`, when readiness for it came. `None` when it is not held
-    /// there: it is still on its way in (the readiness is kept for it), or it expired meanwhile (and a later
-    /// connection on the descriptor will not mistake the readiness for its own).
-    pub(crate) fn take(&mut self, key: usize, id: Tag) -> Option<T> {
+    /// Takes the connection `id` held on `key`, when readiness for it came (with a hang-up, when
+    /// `hung_up`). `None` when it is not held there: it is away (the readiness, and any hang-up, is kept for
+    /// when it comes back), or it expired meanwhile (and a later connection on the descriptor will not
+    /// mistake the readiness for its own).
+    pub(crate) fn take(&mut self, key: usize, id: Tag, hung_up: bool) -> Option<T> {
         if self.slots.len() <= key {
             self.slots.resize_with(key + 1, Slot::default);
         }
         let slot = &mut self.slots[key];
         if slot.held.as_ref().is_none_or(|held| held.id != id) {
-            slot.ready_early = Some(id);
+            let earlier = matches!(slot.ready_early, Some((early_id, true)) if early_id == id);
+            slot.ready_early = Some((id, hung_up || earlier));
             return None;
         }
         self.held -= 1;
@@ -217,25 +229,47 @@ mod tests {
         let (t0, mut books) = (Instant::now(), Books::default());
         books.hold(7, 1, "a", t0 + secs(5), Wait::Message, t0).unwrap();
         assert_eq!(books.len(), 1);
-        assert_eq!(books.take(7, 2), None, "another connection's readiness");
-        assert_eq!(books.take(8, 1), None, "another descriptor");
-        assert_eq!(books.take(7, 1), Some("a"));
-        assert_eq!(books.take(7, 1), None, "taken already");
+        assert_eq!(books.take(7, 2, false), None, "another connection's readiness");
+        assert_eq!(books.take(8, 1, false), None, "another descriptor");
+        assert_eq!(books.take(7, 1, false), Some("a"));
+        assert_eq!(books.take(7, 1, false), None, "taken already");
         assert_eq!(books.len(), 0);
     }
 
     #[test]
     fn readiness_that_comes_before_its_connection_is_held_sends_it_on_at_once() {
         let (t0, mut books) = (Instant::now(), Books::default());
-        assert_eq!(books.take(7, 1), None, "armed, not in the books yet");
-        assert_eq!(books.hold(7, 1, "early", t0 + secs(5), Wait::Message, t0), Err("early"));
+        assert_eq!(books.take(7, 1, false), None, "armed, not in the books yet");
+        assert_eq!(
+            books.hold(7, 1, "early", t0 + secs(5), Wait::Message, t0),
+            Err(Early { item: "early", hung_up: false })
+        );
         assert_eq!(books.len(), 0);
         // Kept for that connection only, and only once.
-        assert_eq!(books.take(7, 2), None);
+        assert_eq!(books.take(7, 2, false), None);
         assert_eq!(books.hold(7, 3, "later", t0 + secs(5), Wait::Message, t0), Ok(()));
         assert_eq!(books.hold(8, 2, "elsewhere", t0 + secs(5), Wait::Message, t0), Ok(()));
         assert_eq!(books.len(), 2);
         assert!(books.expire(t0 + secs(5)).len() == 2, "both held until their deadline");
+    }
+
+    #[test]
+    fn a_hang_up_reported_while_the_connection_is_away_comes_back_with_it() {
+        let (t0, mut books) = (Instant::now(), Books::default());
+        books.hold(7, 1, "conn", t0 + secs(5), Wait::Message, t0).unwrap();
+        assert_eq!(books.take(7, 1, false), Some("conn"), "its message");
+        // While a worker reads it: the FIN, then a later readiness without it; the FIN is not forgotten.
+        assert_eq!(books.take(7, 1, true), None);
+        assert_eq!(books.take(7, 1, false), None);
+        let back = books.hold(7, 1, "conn", t0 + secs(5), Wait::Message, t0);
+        assert_eq!(back, Err(Early { item: "conn", hung_up: true }));
+        // A later connection on the descriptor does not inherit it.
+        assert_eq!(books.take(7, 1, true), None);
+        assert_eq!(books.take(7, 2, false), None);
+        assert_eq!(
+            books.hold(7, 2, "next", t0 + secs(5), Wait::Message, t0),
+            Err(Early { item: "next", hung_up: false })
+        );
     }
 
     #[test]
@@ -258,7 +292,7 @@ mod tests {
         let mut books = Books::default();
         for n in 0..1000 {
             books.hold(5, 1, "talker", t0 + secs(60) + Duration::from_millis(n), Wait::Message, t0).unwrap();
-            assert_eq!(books.take(5, 1), Some("talker"));
+            assert_eq!(books.take(5, 1, false), Some("talker"));
         }
         books.hold(5, 1, "talker", t0 + secs(61), Wait::Message, t0).unwrap();
         assert_eq!(books.timers.len(), 1);
@@ -273,7 +307,7 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         books.hold(5, 1, "conn", t0 + secs(60), Wait::Message, t0).unwrap();
-        assert_eq!(books.take(5, 1), Some("conn"));
+        assert_eq!(books.take(5, 1, false), Some("conn"));
         books.hold(5, 1, "conn", t0 + secs(2), Wait::Work, t0).unwrap();
         assert_eq!(books.expire(t0 + secs(2)), vec![("conn", Expiry::Deadline)]);
         assert!(books.expire(t0 + secs(60)).is_empty(), "the stale entry expires nothing");
@@ -284,7 +318,7 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         books.hold(5, 1, "conn", t0 + secs(1), Wait::Message, t0).unwrap();
-        assert_eq!(books.take(5, 1), Some("conn"));
+        assert_eq!(books.take(5, 1, false), Some("conn"));
         assert!(books.expire(t0 + secs(1)).is_empty(), "away on a worker");
         books.hold(5, 1, "conn", t0 + secs(3), Wait::Message, t0).unwrap();
         assert!(books.expire(t0 + secs(2)).is_empty());
@@ -296,10 +330,10 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         books.hold(5, 1, "first", t0 + secs(1), Wait::Message, t0).unwrap();
-        assert_eq!(books.take(5, 1), Some("first"));
+        assert_eq!(books.take(5, 1, false), Some("first"));
         // The first closed; the descriptor is reused by connection 2, with a later deadline.
         books.hold(5, 2, "second", t0 + secs(10), Wait::Message, t0).unwrap();
-        assert_eq!(books.take(5, 1), None, "a late readiness of the first");
+        assert_eq!(books.take(5, 1, false), None, "a late readiness of the first");
         assert!(books.expire(t0 + secs(1)).is_empty(), "the first's timer");
         assert_eq!(books.len(), 1);
         assert_eq!(books.expire(t0 + secs(10)), vec![("second", Expiry::Deadline)]);
@@ -328,7 +362,7 @@ mod tests {
         let mut books = Books::default();
         books.hold(1, 1, "idle", t0 + secs(60), Wait::Message, t0).unwrap();
         books.begin_stop(t0, secs(1));
-        assert_eq!(books.take(1, 1), Some("idle"));
+        assert_eq!(books.take(1, 1, false), Some("idle"));
         assert!(books.expire(t0 + secs(1)).is_empty());
     }
 

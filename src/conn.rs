@@ -30,7 +30,7 @@ use crate::{
     books::Expiry,
     handler::{Message, State},
     limits::Quota,
-    poller::Interest,
+    poller::{Interest, Registration},
     preview::Preview,
     proxy::{self, HeaderRead},
     service::Service,
@@ -61,8 +61,11 @@ pub(crate) struct Conn {
     state: State,
     /// What only some connections need, boxed so the common one stays small.
     extras: Option<Box<Extras>>,
-    /// Registered with the waiting room's epoll (for as long as the socket lives).
-    registered: bool,
+    /// Its registration with the waiting room's epoll (for as long as the socket lives).
+    registration: Registration,
+    /// An event said the client's end of input (or an error) came: a short read no longer means the socket
+    /// is drained, as the FIN still waits to be read.
+    hung_up: bool,
     tally: Tally,
     /// Its place under `max_per_client`.
     quota: Quota,
@@ -155,7 +158,8 @@ impl Conn {
             messages: 0,
             state: service.protocol.new_state(),
             extras,
-            registered: false,
+            registration: Registration::default(),
+            hung_up: false,
             tally,
             // Behind a load balancer the client is known once the PROXY header has been read.
             quota: if service.proxy_protocol { Quota::Free } else { client_quota(service, peer) },
@@ -177,12 +181,14 @@ impl Conn {
         !matches!(self.stream.peek(&mut byte), Err(e) if is_would_block(&e))
     }
 
-    pub(crate) fn is_registered(&self) -> bool {
-        self.registered
+    /// The socket and its registration, for the room to arm it.
+    pub(crate) fn registration(&mut self) -> (&TcpStream, &mut Registration) {
+        (&self.stream, &mut self.registration)
     }
 
-    pub(crate) fn mark_registered(&mut self) {
-        self.registered = true;
+    /// An event reported the client's end of input, or an error.
+    pub(crate) fn hung_up(&mut self) {
+        self.hung_up = true;
     }
 
     /// Whether it waits for its first or next message (rather than for work under way to finish).
@@ -301,11 +307,19 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
     } else {
         match (&conn.stream).read(buf) {
             Ok(0) => return client_closed(conn),
-            Ok(n) => n,
+            Ok(n) => {
+                // A short read emptied the socket, unless the client's FIN is still behind it.
+                if n < buf.len() && !conn.hung_up {
+                    conn.registration.drained(Interest::Readable);
+                }
+                n
+            }
             // Not here yet: wait for it without holding a worker.
-            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => {
+            Err(e) if is_would_block(&e) => {
+                conn.registration.drained(Interest::Readable);
                 return waiting_for_message(conn, service);
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return waiting_for_message(conn, service),
             Err(e) => return failed(conn, "reading a message", &e),
         }
     };
@@ -391,6 +405,8 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
         return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
+    // The send buffer is full: room to write comes as an event.
+    conn.registration.drained(Interest::Writable);
     conn.extras_mut().pending = Some(Pending {
         rest: reply.bytes[written..].to_vec(),
         written,
@@ -487,6 +503,9 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
     if conn.stream.shutdown(Shutdown::Write).is_err() {
         return Step::Done;
     }
+    if discarded == 0 {
+        conn.registration.drained(Interest::Readable);
+    }
     conn.phase = Phase::Lingering { since: Instant::now(), discarded };
     conn.wait(Interest::Readable, service)
 }
@@ -522,6 +541,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
                     replied(conn, service, after, pending.started)
                 }
                 Ok(n) => {
+                    conn.registration.drained(Interest::Writable);
                     pending.rest.drain(..n);
                     pending.written += n;
                     conn.extras_mut().pending = Some(pending);
@@ -542,6 +562,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
                     }
                 }
                 Err(e) if is_would_block(&e) => {
+                    conn.registration.drained(Interest::Readable);
                     conn.phase = Phase::Lingering { since, discarded };
                     return conn.wait(Interest::Readable, service);
                 }

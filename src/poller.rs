@@ -1,10 +1,14 @@
 //! The waiting room's three kernel objects, through rustix: one epoll that every idle worker waits in, an
 //! eventfd to wake one of them (the waker), and a timerfd that rings at the earliest deadline (the timer).
 //!
-//! Connections are registered one-shot: an event hands the descriptor to exactly one worker and disarms
-//! it, and re-arming (when the connection waits again) makes the kernel look at the socket afresh. So input,
-//! a client's FIN or room to write that arrive while the connection is on a worker are never lost: they are
-//! reported when it is armed again. Waker and timer are edge-triggered: each wakes one waiting worker.
+//! Everything is registered edge-triggered: the kernel reports each change (input arrived, the client's FIN,
+//! room to write after a write that would have blocked) once, to one waiting worker, without being asked
+//! again. A connection is registered when it first waits and stays registered for its life, so most waits
+//! cost no system call at all: after a read that drained the socket, the next input is sure to come as an
+//! event. When the connection cannot be sure of that (a read that filled the buffer, a FIN already seen, a
+//! change of interest), waiting re-arms it (`EPOLL_CTL_MOD`), which makes the kernel look at the socket
+//! afresh and report what is there already. Events for a connection that is on a worker are not lost
+//! either: the room keeps them for it (`books::Books::take`). The waker and the timer wake one worker each.
 
 use std::{
     io,
@@ -33,12 +37,31 @@ pub(crate) enum Interest {
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ready {
-    /// A connection: its descriptor and its tag.
-    Conn { fd: u32, tag: u32 },
+    /// A connection: its descriptor, its tag, and whether the client's end of input (or an error) was
+    /// reported with it.
+    Conn { fd: u32, tag: u32, hung_up: bool },
     /// A worker was woken: work was queued, or something changed that a sleeping worker must look at.
     Wake,
     /// The timer rang: a deadline has passed.
     Timer,
+}
+
+/// A connection's registration, as the connection carries it (the poller keeps no per-descriptor state).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Registration {
+    /// What it is registered for; `None` until it first waits.
+    registered: Option<Interest>,
+    /// The readiness whose next change the kernel is sure to report by itself, since the last I/O of that
+    /// kind: a read that came back short or would block (the socket is empty, no FIN is pending), or a write
+    /// that would block (the send buffer is full). Forgotten each time the connection is armed.
+    drained: Option<Interest>,
+}
+
+impl Registration {
+    /// The last I/O of this kind left the socket drained: waiting for it needs no re-arming.
+    pub(crate) fn drained(&mut self, interest: Interest) {
+        self.drained = Some(interest);
+    }
 }
 
 const WAKE: u64 = u64::MAX;
@@ -62,19 +85,28 @@ impl Poller {
         Ok(Poller { epoll, waker, timer })
     }
 
-    /// Arms `fd` for one event of `interest`, reported with the connection's `tag`. `first` registers it (a
-    /// descriptor is registered once for its life; closing it removes the registration).
-    pub(crate) fn arm(&self, fd: impl AsFd, tag: u32, interest: Interest, first: bool) -> io::Result<()> {
+    /// Makes sure the next event of `interest` on `fd` is reported, with the connection's `tag`: registers
+    /// the descriptor the first time (closing it removes the registration), re-arms it when its interest
+    /// changed or the kernel might not report on its own, and otherwise leaves it as it is.
+    pub(crate) fn arm(
+        &self,
+        fd: impl AsFd,
+        tag: u32,
+        interest: Interest,
+        registration: &mut Registration,
+    ) -> io::Result<()> {
         let fd = fd.as_fd();
         let token = EventData::new_u64((u64::from(tag) << 32) | u64::from(fd.as_raw_fd() as u32));
         let flags = match interest {
             Interest::Readable => EventFlags::IN | EventFlags::RDHUP,
-            Interest::Writable => EventFlags::OUT,
-        } | EventFlags::ONESHOT;
-        if first {
-            epoll::add(&self.epoll, fd, token, flags)
-        } else {
-            epoll::modify(&self.epoll, fd, token, flags)
+            Interest::Writable => EventFlags::IN | EventFlags::RDHUP | EventFlags::OUT,
+        } | EventFlags::ET;
+        let Registration { registered, drained } = *registration;
+        *registration = Registration { registered: Some(interest), drained: None };
+        match registered {
+            None => epoll::add(&self.epoll, fd, token, flags),
+            Some(was) if was == interest && drained == Some(interest) => Ok(()),
+            Some(_) => epoll::modify(&self.epoll, fd, token, flags),
         }
         .map_err(io::Error::from)
     }
@@ -95,10 +127,15 @@ impl Poller {
             Err(rustix::io::Errno::INTR) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        ready.extend(events.iter().map(|event| match event.data.u64() {
+        let hang_up = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+        ready.extend(events.iter().map(|&Event { flags, data }| match data.u64() {
             WAKE => Ready::Wake,
             TIMER => Ready::Timer,
-            token => Ready::Conn { fd: token as u32, tag: (token >> 32) as u32 },
+            token => Ready::Conn {
+                fd: token as u32,
+                tag: (token >> 32) as u32,
+                hung_up: flags.intersects(hang_up),
+            },
         }));
         Ok(())
     }

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use rustix::event::epoll::Event;
 
 use crate::{
-    books::{Books, Expiry, Tag, Wait},
+    books::{Books, Early, Expiry, Tag, Wait},
     conn::{Conn, Waiting},
     poller::{Poller, Ready},
     stats::Gauges,
@@ -65,20 +65,24 @@ impl Room {
     #[must_use]
     pub(crate) fn hold(&self, mut waiting: Waiting, gauges: &Gauges) -> Option<Conn> {
         let (tag, interest, deadline) = (waiting.conn.id() as Tag, waiting.interest, waiting.deadline);
-        let first = !waiting.conn.is_registered();
         let wait = if waiting.conn.waits_for_message() { Wait::Message } else { Wait::Work };
         let key = waiting.conn.stream().as_raw_fd() as usize;
         // Armed before it is in the books, outside the lock: readiness that comes in between is kept in
         // the books for it (see `Books::take`).
-        if let Err(e) = self.poller.arm(waiting.conn.stream(), tag, interest, first) {
+        let (stream, registration) = waiting.conn.registration();
+        if let Err(e) = self.poller.arm(stream, tag, interest, registration) {
             error!("{}: cannot wait for the client: {e}; closing", waiting.conn);
             return None;
         }
-        waiting.conn.mark_registered();
         let mut books = self.books.lock();
         let held = books.hold(key, tag, waiting, deadline, wait, Instant::now());
         self.after_change(&mut books, gauges);
-        held.err().map(|waiting| waiting.conn)
+        held.err().map(|Early { item: mut waiting, hung_up }| {
+            if hung_up {
+                waiting.conn.hung_up();
+            }
+            waiting.conn
+        })
     }
 
     /// Waits for what is ready (at most until something is, when `block`; else only a look) and takes
@@ -94,8 +98,11 @@ impl Room {
         let mut books = self.books.lock();
         for &ready in &found.readiness {
             match ready {
-                Ready::Conn { fd, tag } => {
-                    if let Some(waiting) = books.take(fd as usize, tag) {
+                Ready::Conn { fd, tag, hung_up } => {
+                    if let Some(mut waiting) = books.take(fd as usize, tag, hung_up) {
+                        if hung_up {
+                            waiting.conn.hung_up();
+                        }
                         found.ready.push(waiting.conn);
                     }
                 }
