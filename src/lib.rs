@@ -68,6 +68,7 @@ mod systemd;
 pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Framing, Mode};
 pub use error::Error;
+pub use framing::{Decoded, TooLong};
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
 pub use server::{ReloadHandle, Server, ShutdownHandle};
