@@ -428,3 +428,24 @@ fn stress_pipelines_framed_messages_and_checks_every_reply() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--pipeline needs --framing line or length"));
 }
+
+#[test]
+fn lines_that_came_with_a_proxy_header_are_each_answered() {
+    let mut server = Server::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--keep-alive",
+        "--framing",
+        "line",
+        "--mode",
+        "echo",
+        "--proxy-protocol",
+    ]);
+    let mut client = connect(server.addr);
+    client.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8000\r\none\ntwo\nthr").unwrap();
+    client.write_all(b"ee\n").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_clean_close(&mut client), b"one\ntwo\nthree\n");
+    let line = server.wait_for("message 3:");
+    assert!(line.contains("192.0.2.7:40000 (via 127.0.0.1:"), "{line}");
+}
