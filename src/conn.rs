@@ -524,6 +524,10 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
             buf.copy_within(start..filled, 0);
             (filled, start) = (filled - start, 0);
         }
+        // The buffer holds a whole message of `max` bytes and its edge, and the decoder refuses a longer
+        // one before it fills the buffer, so there is always room to read into (an empty read would look
+        // like the client's close).
+        debug_assert!(filled < buf.len(), "a framed read buffer full without a complete message");
         match (&conn.stream).read(&mut buf[filled..]) {
             Ok(0) => break Turn::Eof,
             Ok(n) => {
