@@ -47,6 +47,7 @@ mod cidr;
 pub mod config;
 mod conn;
 mod error;
+mod framing;
 mod handler;
 mod idle;
 mod limits;
@@ -65,8 +66,9 @@ mod sys;
 mod systemd;
 
 pub use cidr::{Cidr, ParseCidrError};
-pub use config::{Config, Mode};
+pub use config::{Config, Framing, Mode};
 pub use error::Error;
+pub use framing::{Decoded, TooLong};
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
 pub use server::{ReloadHandle, Server, ShutdownHandle};

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use log::LevelFilter;
 
 use poolserver::{
-    Config, Mode,
+    Config, Framing, Mode,
     config::{
         DEFAULT_BACKLOG, DEFAULT_BIND, DEFAULT_BUSY_REPLY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONVERSATION,
         DEFAULT_MAX_MESSAGES, DEFAULT_MAX_REQUEST, DEFAULT_QUEUE, DEFAULT_READ_TIMEOUT, DEFAULT_REPLY,
@@ -121,6 +121,12 @@ pub struct SendArgs {
     #[arg(short, long)]
     pub keep_alive: bool,
 
+    /// Draw message edges as a server with the same --framing does: each message (with MESSAGE `-`, each
+    /// line of standard input) is sent with its edge, and each reply is printed on a line of its own;
+    /// a conversation whether or not --keep-alive is given
+    #[arg(long, value_name = "FRAMING")]
+    pub framing: Option<FramingArg>,
+
     /// The message to send; `-` reads it from standard input
     #[arg(value_name = "MESSAGE", default_value = "hello")]
     pub message: String,
@@ -162,6 +168,16 @@ pub struct StressArgs {
     /// sending one message and reading its reply N times before it closes and reconnects
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub messages: u64,
+
+    /// Send each message with its edge, as a server with the same --framing expects, and read each reply
+    /// to its edge
+    #[arg(long, value_name = "FRAMING", default_value = "raw")]
+    pub framing: FramingArg,
+
+    /// With --framing line or length and --messages N: keep up to K messages in flight on each
+    /// connection, sending the next as each reply comes (1: lockstep)
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub pipeline: u64,
 
     /// Instead of looping clients: hold K conversations open for the whole run, each sending one message
     /// every --interval (spread over the --clients threads; the server needs --keep-alive)
@@ -240,9 +256,18 @@ pub struct ServeArgs {
     pub busy_reply: Option<String>,
 
     #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = parse_count,
-          help = with_default(&format!("Most bytes read as one message (one read), 1 to {MAX_REQUEST_LIMIT}"),
+          help = with_default(&format!("Longest message, 1 to {MAX_REQUEST_LIMIT}: with raw framing the most bytes \
+                                        one read takes; with line or length, the most bytes of one message \
+                                        without its edge (a longer one ends the conversation)"),
                               DEFAULT_MAX_REQUEST))]
     pub max_request: Option<usize>,
+
+    #[arg(long, env = "POOLSERVER_FRAMING", value_name = "FRAMING",
+          help = with_default("Where a message ends. raw: one read is one message; line: at a newline (a \\r \
+                               before it dropped too), and each reply is followed by one; length: each message \
+                               and each reply comes after its length, 4 bytes big-endian. A reload applies it to \
+                               new connections", Framing::default()))]
+    pub framing: Option<FramingArg>,
 
     #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = parse_duration,
           help = with_default(&format!("How long a client may take to send its first message, counted from when \
@@ -318,6 +343,27 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = parse_metrics,
           help = with_default("Serve Prometheus metrics at http://ADDR/metrics, or off", "off"))]
     pub metrics: Option<MetricsAddr>,
+}
+
+/// Where messages end, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FramingArg {
+    /// One read is one message (the tutorial's recv).
+    Raw,
+    /// A message ends at a newline.
+    Line,
+    /// Each message follows its length, 4 bytes big-endian.
+    Length,
+}
+
+impl From<FramingArg> for Framing {
+    fn from(framing: FramingArg) -> Framing {
+        match framing {
+            FramingArg::Raw => Framing::Raw,
+            FramingArg::Line => Framing::Line,
+            FramingArg::Length => Framing::Length,
+        }
+    }
 }
 
 /// The built-in protocols, as the command line names them.
