@@ -217,6 +217,19 @@ impl Conn {
         self.hung_up = true;
     }
 
+    /// Reads from the socket, and notes for the room whether the read drained it (see
+    /// `poller::Registration`): one that came back short or would block did, unless a FIN was reported
+    /// behind its input.
+    fn read_input(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = (&self.stream).read(buf);
+        let drained = match &read {
+            Ok(n) => (1..buf.len()).contains(n) && !self.hung_up,
+            Err(e) => is_would_block(e),
+        };
+        self.registration.read_left(drained);
+        read
+    }
+
     /// Whether it waits for its first or next message (rather than for work under way to finish).
     pub(crate) fn waits_for_message(&self) -> bool {
         matches!(self.phase, Phase::New | Phase::Idle(_))
@@ -361,23 +374,15 @@ pub(crate) fn serve(conn: Conn, service: &Service, scratch: &mut Scratch) -> Ste
         // Part of the first message came with the header; what the kernel holds besides belongs to it too.
         let n = early.len().min(buf.len());
         buf[..n].copy_from_slice(&early[..n]);
-        n + if n < buf.len() { (&conn.stream).read(&mut buf[n..]).unwrap_or(0) } else { 0 }
+        n + if n < buf.len() { conn.read_input(&mut buf[n..]).unwrap_or(0) } else { 0 }
     } else {
-        match (&conn.stream).read(buf) {
+        match conn.read_input(buf) {
             Ok(0) => return client_closed(conn),
-            Ok(n) => {
-                // A short read emptied the socket, unless the client's FIN is still behind it.
-                if n < buf.len() && !conn.hung_up {
-                    conn.registration.drained(Interest::Readable);
-                }
-                n
-            }
+            Ok(n) => n,
             // Not here yet: wait for it without holding a worker.
-            Err(e) if is_would_block(&e) => {
-                conn.registration.drained(Interest::Readable);
+            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => {
                 return waiting_for_message(conn, service);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return waiting_for_message(conn, service),
             Err(e) => return failed(conn, "reading a message", &e),
         }
     };
@@ -464,7 +469,7 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
     // The send buffer is full: room to write comes as an event.
-    conn.registration.drained(Interest::Writable);
+    conn.registration.write_blocked();
     conn.extras_mut().pending = Some(Pending {
         rest: reply.bytes[written..].to_vec(),
         written,
@@ -544,7 +549,7 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
         // one before it fills the buffer, so there is always room to read into (an empty read would look
         // like the client's close).
         debug_assert!(filled < buf.len(), "a framed read buffer full without a complete message");
-        match (&conn.stream).read(&mut buf[filled..]) {
+        match conn.read_input(&mut buf[filled..]) {
             Ok(0) => break Turn::Eof,
             Ok(n) => {
                 filled += n;
@@ -753,7 +758,7 @@ fn cap_reached(conn: &Conn, service: &Service) -> Option<String> {
 /// common case) the socket closes at once.
 fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> Step {
     let mut scratch = [0; 512];
-    let discarded = match (&conn.stream).read(&mut scratch) {
+    let discarded = match conn.read_input(&mut scratch) {
         Ok(0) => return Step::Done,
         Ok(n) => n,
         Err(e) if is_would_block(&e) && may_send_more => 0,
@@ -762,9 +767,6 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
     };
     if conn.stream.shutdown(Shutdown::Write).is_err() {
         return Step::Done;
-    }
-    if discarded == 0 {
-        conn.registration.drained(Interest::Readable);
     }
     conn.phase = Phase::Lingering { since: Instant::now(), discarded };
     conn.wait(Interest::Readable, service)
@@ -804,7 +806,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
                     replied(conn, service, after, unlogged.started)
                 }
                 Ok(n) => {
-                    conn.registration.drained(Interest::Writable);
+                    conn.registration.write_blocked();
                     pending.rest.drain(..n);
                     pending.written += n;
                     conn.extras_mut().pending = Some(pending);
@@ -815,7 +817,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
         }
         Phase::Lingering { since, mut discarded } => loop {
             let mut scratch = [0; 16 * 1024];
-            match (&conn.stream).read(&mut scratch) {
+            match conn.read_input(&mut scratch) {
                 Ok(0) => return Step::Done,
                 Ok(n) => {
                     discarded += n;
@@ -825,7 +827,6 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
                     }
                 }
                 Err(e) if is_would_block(&e) => {
-                    conn.registration.drained(Interest::Readable);
                     conn.phase = Phase::Lingering { since, discarded };
                     return conn.wait(Interest::Readable, service);
                 }

@@ -58,9 +58,14 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// The last I/O of this kind left the socket drained: waiting for it needs no re-arming.
-    pub(crate) fn drained(&mut self, interest: Interest) {
-        self.drained = Some(interest);
+    /// What the last read left: `drained` when it came back short or would block, with no FIN behind it.
+    pub(crate) fn read_left(&mut self, drained: bool) {
+        self.drained = drained.then_some(Interest::Readable);
+    }
+
+    /// The last write would have blocked: room to write comes as an event.
+    pub(crate) fn write_blocked(&mut self) {
+        self.drained = Some(Interest::Writable);
     }
 }
 
