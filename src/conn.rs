@@ -9,6 +9,9 @@
 //!                                 ├─ client may send more ► Lingering (room: our FIN sent, discard, bounded)
 //!                                 └─ otherwise ──────────► closed
 //! ```
+//! Over TLS, a new connection's handshake comes first (after the PROXY header, when there is one), in
+//! non-blocking steps between the room and whoever takes it out of the room, within `read_timeout` of the
+//! connect; reads and writes then go through its session (`tls`), and a close sends close_notify first.
 //! Sockets are non-blocking and nothing here waits: a step that would wait returns the connection as
 //! [`Step::Wait`] with what it waits for and until when, and the waiting room does the waiting. The
 //! connection is a value that moves (queue, worker, room), so exactly one place holds it at a time, and it
@@ -36,6 +39,7 @@ use crate::{
     service::Service,
     stats::{Ending, Tally},
     sys,
+    tls::{self, Handshake, Session},
 };
 
 /// A message at least this long may be the start of a longer one still on its way; closing right after
@@ -90,6 +94,8 @@ struct Extras {
     /// When the first message must have arrived; fixed the first time the connection has to wait for it.
     first_deadline: Option<Instant>,
     pending: Option<Pending>,
+    /// Over TLS: the session, or why it could not be made.
+    tls: Option<io::Result<Session>>,
 }
 
 /// What comes before the first message.
@@ -143,9 +149,12 @@ pub(crate) struct Waiting {
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, tally: Tally, service: &Service) -> Conn {
-        let extras = service
+        let mut extras = service
             .proxy_protocol
             .then(|| Box::new(Extras { preamble: Preamble::ProxyHeader(Vec::new()), ..Extras::default() }));
+        if let Some(config) = &service.tls {
+            extras.get_or_insert_with(Box::default).tls = Some(Session::new(config));
+        }
         Conn {
             stream,
             peer,
@@ -203,6 +212,45 @@ impl Conn {
 
     fn extras_mut(&mut self) -> &mut Extras {
         self.extras.get_or_insert_with(Box::default)
+    }
+
+    fn session(&mut self) -> Option<&mut Session> {
+        self.extras.as_deref_mut()?.tls.as_mut()?.as_mut().ok()
+    }
+
+    /// Over TLS, with the handshake (or what it has to send) not finished.
+    fn is_handshaking(&self) -> bool {
+        match self.extras.as_deref().and_then(|extras| extras.tls.as_ref()) {
+            Some(Ok(session)) => session.is_handshaking() || session.has_output(),
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+
+    /// Over TLS: input is decrypted and waiting already, which no readiness of the socket will announce.
+    pub(crate) fn has_buffered_input(&mut self) -> bool {
+        self.session().is_some_and(|session| session.has_plaintext())
+    }
+
+    /// Reads the next bytes of a message, through the session when there is one.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.extras.as_deref_mut().and_then(|extras| extras.tls.as_mut()) {
+            Some(Ok(session)) => session.read(&self.stream, buf),
+            _ => (&self.stream).read(buf),
+        }
+    }
+
+    /// Writes as much of `data` as the socket takes now, through the session when there is one.
+    fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.extras.as_deref_mut().and_then(|extras| extras.tls.as_mut()) {
+            Some(Ok(session)) => session.write(&self.stream, data),
+            _ => write_some(&self.stream, data),
+        }
+    }
+
+    /// Nothing the session encrypted is left to send (always so without TLS).
+    fn is_flushed(&self) -> bool {
+        !matches!(self.extras.as_deref().and_then(|extras| extras.tls.as_ref()), Some(Ok(session)) if session.has_output())
     }
 
     fn expects_proxy_header(&self) -> bool {
@@ -286,6 +334,12 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
         Header::Read(conn) => conn,
         Header::Then(step) => return step,
     };
+    if conn.is_handshaking() {
+        conn = match handshake(conn, service) {
+            Ready::Serve(conn) => conn,
+            Ready::Then(step) => return step,
+        };
+    }
     if let Quota::Over { open } = conn.quota {
         return turn_away_client(conn, service, open);
     }
@@ -299,7 +353,7 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
         buf[..n].copy_from_slice(&early[..n]);
         n + if n < buf.len() { (&conn.stream).read(&mut buf[n..]).unwrap_or(0) } else { 0 }
     } else {
-        match (&conn.stream).read(buf) {
+        match conn.read(buf) {
             Ok(0) => return client_closed(conn),
             Ok(n) => n,
             // Not here yet: wait for it without holding a worker.
@@ -348,9 +402,51 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
     })
 }
 
+/// One non-blocking step of the TLS handshake: the connection goes on to its message when the handshake
+/// is done, or back to the room when it waits on its client.
+fn handshake(mut conn: Conn, service: &Service) -> Ready {
+    let Some(extras) = conn.extras.as_deref_mut() else { return Ready::Serve(conn) };
+    let session = match extras.tls.as_mut() {
+        Some(Ok(session)) => session,
+        Some(Err(_)) => {
+            let Some(Err(e)) = extras.tls.take() else { return Ready::Then(Step::Done) };
+            return Ready::Then(failed(conn, "starting TLS", &e));
+        }
+        None => return Ready::Serve(conn),
+    };
+    // Bytes that came behind the PROXY header are the start of the handshake.
+    if let Preamble::Early(early) = std::mem::take(&mut extras.preamble)
+        && let Err(e) = session.feed(&early)
+    {
+        tls::log_failure(conn.peer, &e);
+        return Ready::Then(conn.finish(Ending::Error));
+    }
+    let progress = session.handshake(&conn.stream);
+    let message_here = matches!(progress, Handshake::Done) && session.has_plaintext();
+    Ready::Then(match progress {
+        Handshake::Done if message_here => return Ready::Serve(conn),
+        Handshake::Done | Handshake::Wants(Interest::Readable) => waiting_for_message(conn, service),
+        Handshake::Wants(interest) => waiting_for(conn, interest, service),
+        Handshake::Closed => {
+            info!(target: "access", "{conn} closed the connection during the TLS handshake");
+            conn.finish(Ending::HungUp)
+        }
+        Handshake::Failed(e) => {
+            tls::log_failure(conn.peer, &e);
+            conn.finish(Ending::Error)
+        }
+        Handshake::Io(e) => failed(conn, "in the TLS handshake", &e),
+    })
+}
+
 /// Nothing to read yet: the connection waits in the room for its message, unless its time is already up.
 pub(crate) fn waiting_for_message(conn: Conn, service: &Service) -> Step {
-    match conn.wait(Interest::Readable, service) {
+    waiting_for(conn, Interest::Readable, service)
+}
+
+/// The connection waits in the room for `interest`, unless its time is already up.
+fn waiting_for(conn: Conn, interest: Interest, service: &Service) -> Step {
+    match conn.wait(interest, service) {
         Step::Wait(waiting) if waiting.deadline <= Instant::now() => {
             expired(waiting.conn, service, Expiry::Deadline);
             Step::Done
@@ -383,11 +479,11 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
     };
     let filled = message.len() == max;
     let may_send_more = message.len() >= LINGER_FROM || filled;
-    let written = match write_some(&conn.stream, &reply.bytes) {
+    let written = match conn.write_some(&reply.bytes) {
         Ok(written) => written,
         Err(e) => return failed(conn, "writing the reply", &e),
     };
-    if written == reply.bytes.len() {
+    if written == reply.bytes.len() && conn.is_flushed() {
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
         return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
@@ -476,6 +572,9 @@ fn cap_reached(conn: &Conn, service: &Service) -> Option<String> {
 /// behind the reply now and the room reads and drops the rest (bounded) before the close. Otherwise (the
 /// common case) the socket closes at once.
 fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> Step {
+    if let Some(session) = conn.extras.as_deref_mut().and_then(|extras| extras.tls.as_mut()?.as_mut().ok()) {
+        session.close(&conn.stream);
+    }
     let mut scratch = [0; 512];
     let discarded = match (&conn.stream).read(&mut scratch) {
         Ok(0) => return Step::Done,
@@ -494,6 +593,7 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
 /// In the room: the connection is ready for what it waited for.
 pub(crate) fn ready(conn: Conn, service: &Service) -> Ready {
     match conn.phase {
+        Phase::New if conn.is_handshaking() && !conn.expects_proxy_header() => handshake(conn, service),
         Phase::New | Phase::Idle(_) => Ready::Serve(conn),
         _ => Ready::Then(finish_waiting(conn, service)),
     }
@@ -507,8 +607,8 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
             let Some(mut pending) = conn.extras.as_mut().and_then(|extras| extras.pending.take()) else {
                 return Step::Done;
             };
-            match write_some(&conn.stream, &pending.rest) {
-                Ok(n) if n == pending.rest.len() => {
+            match conn.write_some(&pending.rest) {
+                Ok(n) if n == pending.rest.len() && conn.is_flushed() => {
                     let reply_len = pending.written + n;
                     log_answer(
                         &conn,
@@ -561,7 +661,13 @@ pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
             Ending::IdleClosed
         }
         (Phase::New, Expiry::Deadline) => {
-            let awaited = if conn.expects_proxy_header() { "PROXY header" } else { "message" };
+            let awaited = if conn.expects_proxy_header() {
+                "PROXY header"
+            } else if conn.is_handshaking() {
+                "finished TLS handshake"
+            } else {
+                "message"
+            };
             info!(target: "access", "{conn} timed out: no {awaited} within {:?}", service.read_timeout);
             Ending::TimedOut
         }
@@ -616,8 +722,13 @@ fn refuse(conn: Conn, service: &Service, why: fmt::Arguments<'_>) -> Step {
         return client_closed(conn);
     }
     let mut conn = conn;
-    let _ = (&conn.stream).write(&service.busy_reply);
-    warn!(target: "access", "{conn} turned away with the busy reply: {why}");
+    if conn.is_handshaking() {
+        // A reply in plain text would not be TLS; there is no session to send it in yet.
+        warn!(target: "access", "{conn} turned away before its TLS handshake, closed without a reply: {why}");
+    } else {
+        let _ = conn.write_some(&service.busy_reply);
+        warn!(target: "access", "{conn} turned away with the busy reply: {why}");
+    }
     conn.tally.end(Ending::Busy);
     close_gracefully(conn, service, true)
 }

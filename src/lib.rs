@@ -63,6 +63,11 @@ mod stats;
 mod stop;
 mod sys;
 mod systemd;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+mod tls;
 
 pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Mode};
@@ -71,3 +76,8 @@ pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
 pub use server::{ReloadHandle, Server, ShutdownHandle};
 pub use stats::{ServiceHistogram, Summary};
+/// The rustls this crate serves TLS with, for a `rustls::ServerConfig` made by hand ([`TlsConfig`]).
+#[cfg(feature = "tls")]
+pub use rustls;
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
