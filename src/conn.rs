@@ -153,6 +153,9 @@ impl Conn {
             .proxy_protocol
             .then(|| Box::new(Extras { preamble: Preamble::ProxyHeader(Vec::new()), ..Extras::default() }));
         if let Some(config) = &service.tls {
+            // The session's tickets go out on their own right after the handshake: with Nagle, the first
+            // reply would then wait for their ACK, which a client delays by up to 40 ms.
+            let _ = stream.set_nodelay(true);
             extras.get_or_insert_with(Box::default).tls = Some(Session::new(config));
         }
         Conn {

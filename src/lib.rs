@@ -74,10 +74,10 @@ pub use config::{Config, Mode};
 pub use error::Error;
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
-pub use server::{ReloadHandle, Server, ShutdownHandle};
-pub use stats::{ServiceHistogram, Summary};
 /// The rustls this crate serves TLS with, for a `rustls::ServerConfig` made by hand ([`TlsConfig`]).
 #[cfg(feature = "tls")]
 pub use rustls;
+pub use server::{ReloadHandle, Server, ShutdownHandle};
+pub use stats::{ServiceHistogram, Summary};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

@@ -59,7 +59,9 @@ impl TlsConfig {
             return Err(refused("no certificate in the certificate PEM".to_owned()));
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
-            rustls::pki_types::pem::Error::NoItemsFound => refused("no private key in the key PEM".to_owned()),
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                refused("no private key in the key PEM".to_owned())
+            }
             e => refused(format!("cannot read the key PEM: {e}")),
         })?;
         let config = ServerConfig::builder_with_provider(provider())
@@ -178,7 +180,9 @@ impl Session {
             match self.0.read_tls(&mut &*stream) {
                 Ok(0) => return Handshake::Closed,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Handshake::Wants(Interest::Readable),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Handshake::Wants(Interest::Readable);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Handshake::Io(e),
             }
@@ -270,7 +274,9 @@ static OTHER: FailureLog = FailureLog(Mutex::new((None, 0)));
 pub(crate) fn log_failure(peer: SocketAddr, error: &rustls::Error) {
     let (kind, what) = match error {
         rustls::Error::InvalidMessage(_) => (&NOT_TLS, "did not speak TLS (plain text or garbage)"),
-        rustls::Error::PeerIncompatible(_) => (&INCOMPATIBLE, "has no TLS version or cipher in common with us"),
+        rustls::Error::PeerIncompatible(_) => {
+            (&INCOMPATIBLE, "has no TLS version or cipher in common with us")
+        }
         rustls::Error::AlertReceived(_) => (&ALERTED, "ended the handshake with an alert"),
         _ => (&OTHER, "failed the TLS handshake"),
     };

@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::{
     cli::StressArgs,
     client::{Conversation, Exchange, Failure, FailureKind},
+    tls_client::TlsClient,
 };
 
 /// No run goes on longer than this, whatever it was asked.
@@ -83,6 +84,7 @@ impl Plan {
                 // A loaded server may be slow to close; only a whole timeout of silence after the reply
                 // counts as kept open.
                 quiet: args.timeout,
+                tls: TlsClient::from_args(&args.tls, args.addr)?,
             },
             clients: args.clients as usize,
             limit,
@@ -443,10 +445,11 @@ fn client_loop<'a>(
 /// One conversation of `messages` lockstep messages, then a clean close; cut short (and still closed
 /// cleanly) when the run's `deadline` comes first, so that a long conversation cannot overrun the run.
 fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally<'_>, reply: &mut Vec<u8>) {
-    let mut conversation = match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
-        Ok(conversation) => conversation,
-        Err(failure) => return tally.fail(failure),
-    };
+    let mut conversation =
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout, plan.exchange.tls.as_ref()) {
+            Ok(conversation) => conversation,
+            Err(failure) => return tally.fail(failure),
+        };
     for _ in 0..messages {
         if Instant::now() >= deadline {
             break;
@@ -473,7 +476,7 @@ fn hold_conversations<'a>(
     let started = Instant::now();
     let mut held: VecDeque<(Instant, Conversation)> = VecDeque::with_capacity(share);
     for i in 0..share {
-        match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout, plan.exchange.tls.as_ref()) {
             Ok(conversation) => {
                 held.push_back((started + plan.interval.mul_f64(i as f64 / share as f64), conversation))
             }
@@ -585,6 +588,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 max_reply: 64,
                 quiet: Duration::from_secs(5),
+                tls: None,
             },
             clients: 1,
             limit,
