@@ -81,6 +81,30 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Where one message ends and the next begins on a connection's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// A message is whatever one read brings, at most `max_request` bytes (the tutorial's `recv(1024)`):
+    /// two messages sent close together may arrive as one, and a long one split by the network as two.
+    #[default]
+    Raw,
+    /// A message ends at `\n` (a `\r` before it is dropped too); each reply is sent followed by `\n`.
+    Line,
+    /// Each message and each reply is preceded by its length, a 4-byte big-endian unsigned integer (the
+    /// default layout of tokio-util's `LengthDelimitedCodec`).
+    Length,
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Framing::Raw => "raw",
+            Framing::Line => "line",
+            Framing::Length => "length",
+        })
+    }
+}
+
 /// Everything a server needs. Start from `Config::default()` and change what you need; new fields will
 /// come with defaults, so the struct is `#[non_exhaustive]`. [`Config::validate`] (which every
 /// `Server` constructor calls) names the first field that cannot work.
@@ -124,8 +148,13 @@ pub struct Config {
     pub reply: String,
     /// What a client gets when every worker is busy and the queue is full, or past `max_per_client`.
     pub busy_reply: String,
-    /// The most bytes one read takes: one message.
+    /// The longest message: with `Framing::Raw`, the most bytes one read takes; with `Line` or `Length`, the
+    /// most bytes of one message without its edge (a longer one, or a longer length prefix, ends the
+    /// conversation).
     pub max_request: usize,
+    /// Where messages end: `Raw` (one read is one message), `Line` or `Length`. A reload applies it to new
+    /// connections; an open one keeps the framing it started with.
+    pub framing: Framing,
     /// How long a client may take to send its first message, counted from when it connected.
     pub read_timeout: Duration,
     /// How long writing one whole reply may take.
@@ -175,6 +204,7 @@ impl Default for Config {
             reply: DEFAULT_REPLY.to_owned(),
             busy_reply: DEFAULT_BUSY_REPLY.to_owned(),
             max_request: DEFAULT_MAX_REQUEST,
+            framing: Framing::Raw,
             read_timeout: DEFAULT_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

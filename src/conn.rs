@@ -12,6 +12,11 @@
 //! Over TLS, a new connection's handshake comes first (after the PROXY header, when there is one), in
 //! non-blocking steps between the room and whoever takes it out of the room, within `read_timeout` of the
 //! connect; reads and writes then go through its session (`tls`), and a close sends close_notify first.
+//!
+//! With `line` or `length` framing a worker answers every complete message that has arrived (up to `TURN`)
+//! and keeps the rest with the connection: a part of a message waits in the room (`New`/`Idle`, its
+//! deadline counted from its first byte), complete messages go back to the queue (see `serve_framed`).
+//!
 //! Sockets are non-blocking and nothing here waits: a step that would wait returns the connection as
 //! [`Step::Wait`] with what it waits for and until when, and the waiting room does the waiting. The
 //! connection is a value that moves (queue, worker, room), so exactly one place holds it at a time, and it
@@ -31,6 +36,8 @@ use log::{info, warn};
 
 use crate::{
     books::Expiry,
+    config::Framing,
+    framing::{self, Decoded, TooLong},
     handler::{Message, State},
     limits::Quota,
     poller::Interest,
@@ -50,6 +57,9 @@ const LINGER_FROM: usize = 1024;
 const SYNACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// More retransmits than this (over a minute of handshake) are counted as this many.
 const MAX_RETRANSMITS: u32 = 6;
+/// With line or length framing, the most pipelined messages a worker answers in one turn; a connection with
+/// more goes back through the queue, behind the others, so that a client that pipelines cannot hold a worker.
+pub(crate) const TURN: usize = 64;
 
 /// An accepted connection on its way through the pool. Small, because the queue holds `queue` of them.
 pub(crate) struct Conn {
@@ -61,6 +71,8 @@ pub(crate) struct Conn {
     phase: Phase,
     /// Messages answered so far.
     messages: u64,
+    /// Where its messages end; fixed when it is accepted, so a reload applies to new connections.
+    framing: Framing,
     /// The handler's state for this conversation.
     state: State,
     /// What only some connections need, boxed so the common one stays small.
@@ -96,6 +108,12 @@ struct Extras {
     pending: Option<Pending>,
     /// Over TLS: the session, or why it could not be made.
     tls: Option<io::Result<Session>>,
+    /// With line or length framing: bytes read and not yet answered, the start of a message still
+    /// arriving or pipelined messages waiting for their turn.
+    input: Vec<u8>,
+    /// When the first byte of the incomplete message at the end of `input` was read: its deadline counts
+    /// from then, and more bytes do not move it.
+    partial_since: Option<Instant>,
 }
 
 /// What comes before the first message.
@@ -110,7 +128,7 @@ enum Preamble {
     Early(Vec<u8>),
 }
 
-/// A reply that did not fit the socket buffer at once.
+/// A reply (or, with framing, the replies of one turn) that did not fit the socket buffer at once.
 struct Pending {
     rest: Vec<u8>,
     written: usize,
@@ -118,7 +136,13 @@ struct Pending {
     close_after: bool,
     /// The client may still be sending the rest of a long message.
     may_send_more: bool,
-    /// The message's length and escaped preview, for the access log once the reply is out.
+    /// A raw reply is logged and counted once it is out; framed replies were as they were made.
+    unlogged: Option<Unlogged>,
+}
+
+/// What the access log says of a raw message once its reply is out.
+struct Unlogged {
+    /// The message's length and escaped preview.
     message_len: usize,
     preview: String,
     started: Instant,
@@ -128,6 +152,8 @@ struct Pending {
 pub(crate) enum Step {
     /// It waits on its client in the waiting room.
     Wait(Waiting),
+    /// It holds complete messages (pipelined, with framing): to the queue, for a worker.
+    Queue(Conn),
     /// Finished; the socket closes as the connection drops.
     Done,
 }
@@ -165,6 +191,7 @@ impl Conn {
             accepted: Instant::now(),
             phase: Phase::New,
             messages: 0,
+            framing: service.framing,
             state: service.protocol.new_state(),
             extras,
             registered: false,
@@ -256,6 +283,11 @@ impl Conn {
         !matches!(self.extras.as_deref().and_then(|extras| extras.tls.as_ref()), Some(Ok(session)) if session.has_output())
     }
 
+    /// The bytes of a message under way (with framing), kept until the rest comes.
+    fn partial(&self) -> usize {
+        self.extras.as_ref().map_or(0, |extras| extras.input.len())
+    }
+
     fn expects_proxy_header(&self) -> bool {
         matches!(self.extras.as_deref(), Some(Extras { preamble: Preamble::ProxyHeader(_), .. }))
     }
@@ -264,7 +296,11 @@ impl Conn {
     fn wait(mut self, interest: Interest, service: &Service) -> Step {
         let deadline = match self.phase {
             Phase::New => self.first_deadline(service),
-            Phase::Idle(since) => since + service.idle_timeout,
+            Phase::Idle(since) => match self.extras.as_ref().and_then(|extras| extras.partial_since) {
+                // A message under way: from its first byte, however slowly the rest trickles in.
+                Some(first_byte) => first_byte + service.idle_timeout,
+                None => since + service.idle_timeout,
+            },
             Phase::Writing => self
                 .extras
                 .as_ref()
@@ -293,10 +329,11 @@ impl Conn {
     }
 
     fn sent_nothing(&self) -> bool {
-        match self.extras.as_deref().map(|extras| &extras.preamble) {
-            None | Some(Preamble::None) => self.messages == 0,
-            Some(Preamble::ProxyHeader(received)) => received.is_empty(),
-            Some(Preamble::Early(_)) => false,
+        match self.extras.as_deref() {
+            None => self.messages == 0,
+            Some(Extras { preamble: Preamble::None, input, .. }) => self.messages == 0 && input.is_empty(),
+            Some(Extras { preamble: Preamble::ProxyHeader(received), .. }) => received.is_empty(),
+            Some(Extras { preamble: Preamble::Early(_), .. }) => false,
         }
     }
 }
@@ -331,8 +368,25 @@ impl fmt::Display for Origin {
     }
 }
 
-/// On a worker: reads one message, answers it, and sends the connection on.
-pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
+/// A worker's buffers, kept from job to job.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// What a read takes in: `max_request` of it for a raw message, all of it with framing.
+    input: Vec<u8>,
+    /// With framing: the replies of one turn, written together.
+    output: Vec<u8>,
+}
+
+impl Scratch {
+    /// A reload may have changed max_request: the buffer follows before the next read.
+    pub(crate) fn fit(&mut self, service: &Service) {
+        self.input.resize(service.read_buffer, 0);
+    }
+}
+
+/// On a worker: reads one message, answers it, and sends the connection on; with framing, answers every
+/// complete message that has arrived (see `serve_framed`).
+pub(crate) fn serve(conn: Conn, service: &Service, scratch: &mut Scratch) -> Step {
     let mut conn = match read_proxy_header(conn, service) {
         Header::Read(conn) => conn,
         Header::Then(step) => return step,
@@ -350,6 +404,11 @@ pub(crate) fn serve(conn: Conn, service: &Service, buf: &mut [u8]) -> Step {
         Some(extras) if matches!(extras.preamble, Preamble::Early(_)) => std::mem::take(&mut extras.preamble),
         _ => Preamble::None,
     };
+    if conn.framing != Framing::Raw {
+        let early = if let Preamble::Early(early) = early { Some(early) } else { None };
+        return serve_framed(conn, service, early, scratch);
+    }
+    let buf = &mut scratch.input[..service.max_request];
     let received = if let Preamble::Early(early) = early {
         // Part of the first message came with the header; what the kernel holds besides belongs to it too.
         let n = early.len().min(buf.len());
@@ -496,12 +555,199 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         deadline: Instant::now() + service.write_timeout,
         close_after: reply.close,
         may_send_more,
-        message_len: message.len(),
-        preview: Preview(message).to_string(),
-        started,
+        unlogged: Some(Unlogged {
+            message_len: message.len(),
+            preview: Preview(message).to_string(),
+            started,
+        }),
     });
     conn.phase = Phase::Writing;
     conn.wait(Interest::Writable, service)
+}
+
+/// How a framed turn ended.
+enum Turn {
+    /// Nothing complete is left, and the socket has nothing more for now.
+    Wait,
+    /// `TURN` messages answered and more are here: the connection goes back through the queue.
+    Requeue,
+    /// The conversation ends after the replies: handler, caps, no keep-alive, or the stop.
+    Close,
+    /// The client closed its side.
+    Eof,
+    /// A message over `max_request`.
+    TooLong(TooLong),
+}
+
+/// With line or length framing: answers, in order, every complete message that has arrived (those kept
+/// from before, then what the socket holds), at most `TURN` of them, and writes their replies together.
+/// What is left of the input (the start of a message, or messages past the turn) stays with the
+/// connection: a connection with a complete message goes back to the queue, one with a part of a message
+/// waits in the room until the rest comes or the deadline counted from its first byte passes.
+fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scratch: &mut Scratch) -> Step {
+    let Scratch { input: buf, output: out } = scratch;
+    out.clear();
+    let max = service.max_request;
+    let kept = match early {
+        Some(early) => early,
+        None => {
+            conn.extras.as_deref_mut().map(|extras| std::mem::take(&mut extras.input)).unwrap_or_default()
+        }
+    };
+    if kept.len() > buf.len() {
+        // Kept under a larger max_request, before a reload.
+        buf.resize(kept.len(), 0);
+    }
+    buf[..kept.len()].copy_from_slice(&kept);
+    let (mut start, mut filled) = (0, kept.len());
+    drop(kept);
+    let mut answered = 0;
+    // A read that fills the buffer may have left more in the socket; a shorter one has taken it all.
+    let mut may_read = true;
+    let turn = loop {
+        match framing::decode(conn.framing, &buf[start..filled], max) {
+            Decoded::Message { .. } if answered == TURN => break Turn::Requeue,
+            Decoded::Message { message, consumed } => {
+                let message = &buf[start + message.start..start + message.end];
+                start += consumed;
+                answered += 1;
+                if !answer_framed(&mut conn, service, message, out) {
+                    break Turn::Close;
+                }
+                continue;
+            }
+            Decoded::TooLong(why) => break Turn::TooLong(why),
+            Decoded::NeedMore if !may_read => break Turn::Wait,
+            Decoded::NeedMore => {}
+        }
+        if start > 0 {
+            buf.copy_within(start..filled, 0);
+            (filled, start) = (filled - start, 0);
+        }
+        match conn.read(&mut buf[filled..]) {
+            Ok(0) => break Turn::Eof,
+            Ok(n) => {
+                filled += n;
+                may_read = filled == buf.len();
+            }
+            Err(e) if is_would_block(&e) => break Turn::Wait,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return failed(conn, "reading a message", &e),
+        }
+    };
+    let written = match conn.write_some(out) {
+        Ok(written) => written,
+        Err(e) => return failed(conn, "writing the reply", &e),
+    };
+    let left = &buf[start..filled];
+    match turn {
+        Turn::TooLong(why) => {
+            match why {
+                TooLong::Line { without_end } => warn!(
+                    target: "access",
+                    "{conn}: a line longer than max_request ({max} B): {without_end} B without its end; closed"
+                ),
+                TooLong::Prefix { announced } => warn!(
+                    target: "access",
+                    "{conn}: a length prefix of {announced} B, over max_request ({max} B); closed"
+                ),
+            }
+            conn.tally.end(Ending::Error);
+            return close_gracefully(conn, service, true);
+        }
+        Turn::Eof if !left.is_empty() => info!(
+            target: "access",
+            "{conn} closed its side with {} B after its last complete message; dropped",
+            left.len()
+        ),
+        _ => {}
+    }
+    let close = matches!(turn, Turn::Close | Turn::Eof);
+    if written < out.len() || !conn.is_flushed() {
+        if !close {
+            conn.keep_input(left, answered > 0);
+        }
+        conn.extras_mut().pending = Some(Pending {
+            rest: out[written..].to_vec(),
+            written,
+            deadline: Instant::now() + service.write_timeout,
+            close_after: close,
+            may_send_more: !left.is_empty(),
+            unlogged: None,
+        });
+        conn.phase = Phase::Writing;
+        return conn.wait(Interest::Writable, service);
+    }
+    match turn {
+        Turn::Eof => client_closed(conn),
+        Turn::Close => {
+            conn.tally.end(Ending::Served);
+            let may_send_more = !left.is_empty();
+            close_gracefully(conn, service, may_send_more)
+        }
+        _ => {
+            conn.keep_input(left, answered > 0);
+            if answered > 0 {
+                conn.phase = Phase::Idle(Instant::now());
+            }
+            go_on_framed(conn, service)
+        }
+    }
+}
+
+/// Answers one framed message: the handler's reply, framed, goes to `out`, written with the turn's other
+/// replies (the access log line is written now). Returns whether the conversation goes on after it.
+fn answer_framed(conn: &mut Conn, service: &Service, message: &[u8], out: &mut Vec<u8>) -> bool {
+    let started = Instant::now();
+    conn.messages += 1;
+    let reply = {
+        let message = Message::new(message, conn.client(), conn.peer, conn.messages);
+        service.protocol.reply(&message, &mut conn.state)
+    };
+    let before = out.len();
+    framing::frame_into(conn.framing, &reply.bytes, out);
+    log_answer(conn, service.keep_alive, message.len(), &Preview(message), out.len() - before, started);
+    service.stats.answered(started.elapsed());
+    conn.phase = Phase::Idle(started);
+    if !service.keep_alive || reply.close || service.is_stopping() {
+        return false;
+    }
+    match cap_reached(conn, service) {
+        Some(cap) => {
+            info!(target: "access", "{conn} ended after {cap}");
+            false
+        }
+        None => true,
+    }
+}
+
+/// After a framed turn whose replies are out: a complete message kept goes back to the queue at once (a
+/// handler runs on a worker, never in the room); otherwise the connection waits for more input.
+fn go_on_framed(conn: Conn, service: &Service) -> Step {
+    let complete = conn.extras.as_deref().is_some_and(|extras| {
+        !matches!(framing::decode(conn.framing, &extras.input, service.max_request), Decoded::NeedMore)
+    });
+    if complete { Step::Queue(conn) } else { waiting_for_message(conn, service) }
+}
+
+impl Conn {
+    /// Keeps the input a framed turn did not answer. The deadline of a message under way counts from its
+    /// first byte: it is kept while the same message is still incomplete, and restarts only when one has
+    /// been answered since (`answered`).
+    fn keep_input(&mut self, left: &[u8], answered: bool) {
+        if left.is_empty() {
+            if let Some(extras) = self.extras.as_deref_mut() {
+                extras.input = Vec::new();
+                extras.partial_since = None;
+            }
+            return;
+        }
+        let extras = self.extras_mut();
+        extras.input = left.to_vec();
+        if answered || extras.partial_since.is_none() {
+            extras.partial_since = Some(Instant::now());
+        }
+    }
 }
 
 /// The access log line for one answered message.
@@ -550,6 +796,17 @@ fn replied(mut conn: Conn, service: &Service, after: After, started: Instant) ->
     }
     conn.tally.end(Ending::Served);
     close_gracefully(conn, service, after.may_send_more)
+}
+
+/// A framed turn's replies are out, after waiting in the room: the conversation goes on (with the messages
+/// kept, if any), or the connection closes. Counted and logged as each reply was made.
+fn replied_framed(mut conn: Conn, service: &Service, after: After) -> Step {
+    if after.close {
+        conn.tally.end(Ending::Served);
+        return close_gracefully(conn, service, after.may_send_more);
+    }
+    conn.phase = Phase::Idle(Instant::now());
+    go_on_framed(conn, service)
 }
 
 /// The cap a conversation has reached with its last reply, as the access log says it: `max_messages` or
@@ -612,17 +869,20 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
             };
             match conn.write_some(&pending.rest) {
                 Ok(n) if n == pending.rest.len() && conn.is_flushed() => {
+                    let after = After { close: pending.close_after, may_send_more: pending.may_send_more };
+                    let Some(unlogged) = pending.unlogged else {
+                        return replied_framed(conn, service, after);
+                    };
                     let reply_len = pending.written + n;
                     log_answer(
                         &conn,
                         service.keep_alive,
-                        pending.message_len,
-                        &pending.preview,
+                        unlogged.message_len,
+                        &unlogged.preview,
                         reply_len,
-                        pending.started,
+                        unlogged.started,
                     );
-                    let after = After { close: pending.close_after, may_send_more: pending.may_send_more };
-                    replied(conn, service, after, pending.started)
+                    replied(conn, service, after, unlogged.started)
                 }
                 Ok(n) => {
                     pending.rest.drain(..n);
@@ -662,6 +922,19 @@ pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
             let before = if conn.messages == 0 { "before its first message" } else { "between messages" };
             info!(target: "access", "{conn} closed at the stop, {before} ({} messages)", conn.messages);
             Ending::IdleClosed
+        }
+        (Phase::New | Phase::Idle(_), Expiry::Deadline) if conn.partial() > 0 => {
+            let (which, timeout) = match conn.phase {
+                Phase::New => ("its first message".to_owned(), service.read_timeout),
+                _ => (format!("message {}", conn.messages + 1), service.idle_timeout),
+            };
+            info!(
+                target: "access",
+                "{conn} timed out: {} B of {which} arrived, not its end, within {timeout:?} ({} messages)",
+                conn.partial(),
+                conn.messages
+            );
+            Ending::TimedOut
         }
         (Phase::New, Expiry::Deadline) => {
             let awaited = if conn.expects_proxy_header() {
@@ -729,7 +1002,13 @@ fn refuse(conn: Conn, service: &Service, why: fmt::Arguments<'_>) -> Step {
         // A reply in plain text would not be TLS; there is no session to send it in yet.
         warn!(target: "access", "{conn} turned away before its TLS handshake, closed without a reply: {why}");
     } else {
-        let _ = conn.write_some(&service.busy_reply);
+        if conn.framing == Framing::Raw {
+            let _ = conn.write_some(&service.busy_reply);
+        } else {
+            let mut framed = Vec::with_capacity(service.busy_reply.len() + framing::MAX_EDGE);
+            framing::frame_into(conn.framing, &service.busy_reply, &mut framed);
+            let _ = conn.write_some(&framed);
+        }
         warn!(target: "access", "{conn} turned away with the busy reply: {why}");
     }
     conn.tally.end(Ending::Busy);

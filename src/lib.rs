@@ -47,6 +47,7 @@ mod cidr;
 pub mod config;
 mod conn;
 mod error;
+mod framing;
 mod handler;
 mod idle;
 mod limits;
@@ -70,7 +71,7 @@ mod tls;
 mod tls;
 
 pub use cidr::{Cidr, ParseCidrError};
-pub use config::{Config, Mode};
+pub use config::{Config, Framing, Mode};
 pub use error::Error;
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::error;
 
 use crate::{
-    conn::{self, Conn, Ready, Step},
+    conn::{self, Conn, Ready, Scratch, Step},
     error::Error,
     idle::Idle,
     room::{Found, Room},
@@ -225,7 +225,11 @@ impl Context {
 
     /// Sends a connection where its step says: back to the room, or (done) nowhere, as it closes.
     fn take_step(&self, step: Step) {
-        let Step::Wait(waiting) = step else { return };
+        let waiting = match step {
+            Step::Wait(waiting) => waiting,
+            Step::Queue(conn) => return self.queue_or_turn_away(conn, &self.current.get()),
+            Step::Done => return,
+        };
         if let Some(conn) = self.room.hold(waiting, &self.gauges) {
             // Its client was ready already: it goes on as if its event had come.
             let service = self.current.get();
@@ -288,7 +292,7 @@ impl Context {
 /// A worker: serves connections until it is time to end (see `Context::time_to_end`). A worker that ends
 /// wakes the room, so that a sleeping one wakes to see whether it is to end too.
 fn work(context: &Context, jobs: &Receiver<Conn>) {
-    let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
     let mut found = Found::with_capacity(EVENTS);
     let mut last_look = Instant::now();
     let mut spin = Spin::default();
@@ -316,9 +320,8 @@ fn work(context: &Context, jobs: &Receiver<Conn>) {
         };
         let Some(conn) = job else { continue };
         let service = context.current.get();
-        // A reload may have changed max_request; the buffer follows before the next read.
-        buf.resize(service.max_request, 0);
-        serve(context, conn, &service, &mut buf);
+        scratch.fit(&service);
+        serve(context, conn, &service, &mut scratch);
         if last_look.elapsed() >= LOOK_EVERY && context.gauges.waiting() > 0 {
             last_look = Instant::now();
             context.look(&mut found, &service);
@@ -366,10 +369,10 @@ impl Spin {
 }
 
 /// Serves one message of `conn`, counted as a busy worker, and sends the connection on.
-fn serve(context: &Context, conn: Conn, service: &Service, buf: &mut [u8]) {
+fn serve(context: &Context, conn: Conn, service: &Service, scratch: &mut Scratch) {
     let origin = conn.origin();
     let busy = context.gauges.busy();
-    let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, buf)));
+    let served = panic::catch_unwind(AssertUnwindSafe(|| conn::serve(conn, service, scratch)));
     drop(busy);
     match served {
         Ok(step) => context.take_step(step),

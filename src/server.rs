@@ -25,7 +25,7 @@ use log::{debug, info, warn};
 
 use crate::{
     cidr,
-    config::Config,
+    config::{Config, Framing},
     conn::Conn,
     error::Error,
     handler::{Builtin, Handler, Protocol},
@@ -252,10 +252,14 @@ impl Server {
         let max_connections =
             config.max_connections.unwrap_or_else(|| limits::default_max_connections(fd_limit));
         let per_client = config.max_per_client.map(|n| format!(", max per client {n}")).unwrap_or_default();
+        let framing = match config.framing {
+            Framing::Raw => String::new(),
+            framing => format!(", {framing} framing"),
+        };
         let fds = fd_limit.map_or_else(|| "no fd limit".to_owned(), |n| format!("fd limit {n}"));
         info!(
-            "listening on {addr} (workers {}, queue {}, {socket}, {}{conversations}, max connections \
-             {max_connections}{per_client}, {fds})",
+            "listening on {addr} (workers {}, queue {}, {socket}, {}{framing}{conversations}, max \
+             connections {max_connections}{per_client}, {fds})",
             config.workers, config.queue, self.protocol
         );
         if let Some(limit) = fd_limit
@@ -457,6 +461,7 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     note("queue", old.queue.to_string(), new.queue.to_string());
     note("mode", old.mode.to_string(), new.mode.to_string());
     note("max_request", old.max_request.to_string(), new.max_request.to_string());
+    note("framing", old.framing.to_string(), new.framing.to_string());
     note("read_timeout", format!("{:?}", old.read_timeout), format!("{:?}", new.read_timeout));
     note("write_timeout", format!("{:?}", old.write_timeout), format!("{:?}", new.write_timeout));
     note("shutdown_timeout", format!("{:?}", old.shutdown_timeout), format!("{:?}", new.shutdown_timeout));

@@ -19,7 +19,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::{
     cidr::Cidr,
-    config::Config,
+    config::{Config, Framing},
+    framing::MAX_EDGE,
     handler::Protocol,
     limits::PerClient,
     stats::Stats,
@@ -29,11 +30,18 @@ use crate::{
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
 /// a reset): at least this much, and twice `max_request` when that is more.
 const LEFTOVER_LIMIT: usize = 4 << 20;
+/// The least a worker's read buffer holds, so that one read takes many short pipelined messages.
+const MIN_READ_BUFFER: usize = 16 << 10;
 
 pub(crate) struct Service {
     pub(crate) protocol: Arc<dyn Protocol>,
     pub(crate) busy_reply: Box<[u8]>,
     pub(crate) max_request: usize,
+    /// The framing of new connections (an open one keeps its own).
+    pub(crate) framing: Framing,
+    /// Each worker's read buffer: a raw read takes `max_request` of it; a framed one all of it, which holds
+    /// at least one whole message with its edge.
+    pub(crate) read_buffer: usize,
     /// Messages that may wait for a worker; past it, the busy reply.
     pub(crate) queue_limit: usize,
     pub(crate) keep_alive: bool,
@@ -90,6 +98,8 @@ impl Service {
             protocol,
             busy_reply: config.busy_reply.as_bytes().into(),
             max_request: config.max_request,
+            framing: config.framing,
+            read_buffer: (config.max_request + MAX_EDGE).max(MIN_READ_BUFFER),
             queue_limit: config.queue,
             keep_alive: config.keep_alive,
             proxy_protocol: config.proxy_protocol,

@@ -57,6 +57,7 @@ fn is_default(key: &str, shown: &str) -> Option<bool> {
         "queue" => same(d.queue.to_string()),
         "backlog" => same(d.backlog.to_string()),
         "mode" => same(d.mode.to_string()),
+        "framing" => same(d.framing.to_string()),
         "reply" => same(d.reply),
         "busy_reply" => same(d.busy_reply),
         "max_request" => same(d.max_request.to_string()),

@@ -42,6 +42,7 @@ fn value(settings: &Settings, key: &str) -> Option<Value> {
         "reply" => Value::String(c.reply.clone()),
         "busy_reply" => Value::String(c.busy_reply.clone()),
         "max_request" => count(c.max_request),
+        "framing" => Value::String(c.framing.to_string()),
         "read_timeout" => duration(c.read_timeout),
         "write_timeout" => duration(c.write_timeout),
         "shutdown_timeout" => duration(c.shutdown_timeout),

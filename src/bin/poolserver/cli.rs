@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use log::LevelFilter;
 
 use poolserver::{
-    Config, Mode,
+    Config, Framing, Mode,
     config::{
         DEFAULT_BACKLOG, DEFAULT_BIND, DEFAULT_BUSY_REPLY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONVERSATION,
         DEFAULT_MAX_MESSAGES, DEFAULT_MAX_REQUEST, DEFAULT_QUEUE, DEFAULT_READ_TIMEOUT, DEFAULT_REPLY,
@@ -267,9 +267,18 @@ pub struct ServeArgs {
     pub busy_reply: Option<String>,
 
     #[arg(long, env = "POOLSERVER_MAX_REQUEST", value_name = "BYTES", value_parser = parse_count,
-          help = with_default(&format!("Most bytes read as one message (one read), 1 to {MAX_REQUEST_LIMIT}"),
+          help = with_default(&format!("Longest message, 1 to {MAX_REQUEST_LIMIT}: with raw framing the most bytes \
+                                        one read takes; with line or length, the most bytes of one message \
+                                        without its edge (a longer one ends the conversation)"),
                               DEFAULT_MAX_REQUEST))]
     pub max_request: Option<usize>,
+
+    #[arg(long, env = "POOLSERVER_FRAMING", value_name = "FRAMING",
+          help = with_default("Where a message ends. raw: one read is one message; line: at a newline (a \\r \
+                               before it dropped too), and each reply is followed by one; length: each message \
+                               and each reply comes after its length, 4 bytes big-endian. A reload applies it to \
+                               new connections", Framing::default()))]
+    pub framing: Option<FramingArg>,
 
     #[arg(long, env = "POOLSERVER_READ_TIMEOUT", value_name = "DUR", value_parser = parse_duration,
           help = with_default(&format!("How long a client may take to send its first message, counted from when \
@@ -355,6 +364,27 @@ pub struct ServeArgs {
           help = with_default("With --tls-cert: its private key (PEM: PKCS#8, PKCS#1 or SEC1). Reread on SIGHUP",
                               "off: plain TCP"))]
     pub tls_key: Option<PathBuf>,
+}
+
+/// Where messages end, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FramingArg {
+    /// One read is one message (the tutorial's recv).
+    Raw,
+    /// A message ends at a newline.
+    Line,
+    /// Each message follows its length, 4 bytes big-endian.
+    Length,
+}
+
+impl From<FramingArg> for Framing {
+    fn from(framing: FramingArg) -> Framing {
+        match framing {
+            FramingArg::Raw => Framing::Raw,
+            FramingArg::Line => Framing::Line,
+            FramingArg::Length => Framing::Length,
+        }
+    }
 }
 
 /// The built-in protocols, as the command line names them.

@@ -19,7 +19,7 @@ use std::{
 
 use clap::CommandFactory;
 use log::LevelFilter;
-use poolserver::{Config, Error, Mode};
+use poolserver::{Config, Error, Framing, Mode};
 use toml::de::{DeTable, DeValue};
 
 use crate::{
@@ -28,7 +28,8 @@ use crate::{
     tls_files::TlsFiles,
     values::{
         AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, MetricsAddr, ProxyFrom, parse_access_log,
-        parse_bind, parse_duration, parse_log_level, parse_metrics, parse_mode, parse_proxy_from,
+        parse_bind, parse_duration, parse_framing, parse_log_level, parse_metrics, parse_mode,
+        parse_proxy_from,
     },
 };
 
@@ -107,6 +108,7 @@ impl Settings {
             c.busy_reply = busy_reply;
         }
         c.max_request = m.pick("max_request", args.max_request, f.max_request).unwrap_or(c.max_request);
+        c.framing = m.pick("framing", args.framing.map(Framing::from), f.framing).unwrap_or(c.framing);
         c.read_timeout = m.pick("read_timeout", args.read_timeout, f.read_timeout).unwrap_or(c.read_timeout);
         c.write_timeout =
             m.pick("write_timeout", args.write_timeout, f.write_timeout).unwrap_or(c.write_timeout);
@@ -203,6 +205,7 @@ pub const KEYS: &[&str] = &[
     "reply",
     "busy_reply",
     "max_request",
+    "framing",
     "read_timeout",
     "write_timeout",
     "shutdown_timeout",
@@ -241,6 +244,7 @@ struct FileConfig {
     reply: Option<String>,
     busy_reply: Option<String>,
     max_request: Option<usize>,
+    framing: Option<Framing>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     shutdown_timeout: Option<Duration>,
@@ -307,6 +311,7 @@ impl FileConfig {
             "reply" => self.reply = Some(text(value, "\"got it\"")?.to_owned()),
             "busy_reply" => self.busy_reply = Some(text(value, "\"busy\"")?.to_owned()),
             "max_request" => self.max_request = Some(count(value, "1024")?),
+            "framing" => self.framing = Some(parse_framing(text(value, "\"raw\", \"line\" or \"length\"")?)?),
             "read_timeout" => self.read_timeout = Some(duration(value)?),
             "write_timeout" => self.write_timeout = Some(duration(value)?),
             "shutdown_timeout" => self.shutdown_timeout = Some(duration(value)?),
@@ -531,7 +536,7 @@ mod tests {
         let file = ConfigFile::parse(
             "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmax_connections = 11\nmax_per_client = 2\n\
              mode = \"echo\"\nreply = \"r\"\n\
-             busy_reply = \"b\"\nmax_request = 5\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
+             busy_reply = \"b\"\nmax_request = 5\nframing = \"line\"\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nmax_messages = 6\nmax_conversation = \"8s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
              proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
@@ -543,7 +548,7 @@ mod tests {
             "FileConfig { bind: Some(127.0.0.1:9), workers: Some(3), queue: Some(7), backlog: Some(9), \
              max_connections: Some(11), max_per_client: Some(2), \
              mode: Some(Echo), reply: Some(\"r\"), busy_reply: Some(\"b\"), max_request: Some(5), \
-             read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
+             framing: Some(Line), read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), max_messages: Some(6), max_conversation: Some(8s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
              proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"

@@ -13,7 +13,7 @@ use std::{
 };
 
 use log::LevelFilter;
-use poolserver::{Cidr, Mode, config::MAX_DURATION};
+use poolserver::{Cidr, Framing, Mode, config::MAX_DURATION};
 
 use crate::errors::{quote, shorten};
 
@@ -122,6 +122,16 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 /// written (an empty item is not a range); `Config::validate` refuses one that comes another way.
 pub fn parse_proxy_from(text: &str) -> Result<ProxyFrom, String> {
     Cidr::parse_list(text).map(ProxyFrom).map_err(|e| shorten(&e.to_string()))
+}
+
+/// `raw`, `line` or `length`.
+pub fn parse_framing(text: &str) -> Result<Framing, String> {
+    match text.trim() {
+        "raw" => Ok(Framing::Raw),
+        "line" => Ok(Framing::Line),
+        "length" => Ok(Framing::Length),
+        _ => Err(format!("{} is not a framing; use raw, line or length", quote(text))),
+    }
 }
 
 /// `ack` or `echo`.
