@@ -379,3 +379,25 @@ fn the_library_serves_a_rustls_server_config_as_it_is() {
     stop.shutdown();
     running.join(WAIT).unwrap();
 }
+
+#[test]
+fn framed_messages_pipelined_in_tls_records_are_each_answered_in_order() {
+    let ca = Ca::new();
+    let leaf = ca.leaf("server");
+    let args = ["--keep-alive", "--framing", "line", "--mode", "echo", "--max-messages", "5000"];
+    let mut server = tls_server(&leaf, &args);
+    let mut tls = open(&ca.client(), server.addr);
+    // 2,000 lines in one write: far more than one read of max_request, decrypted in many records.
+    let lines: Vec<String> = (0..2000).map(|i| format!("message {i:05}\n")).collect();
+    tls.write_all(lines.concat().as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut replies = vec![0; lines.concat().len()];
+    tls.read_exact(&mut replies).expect("every reply");
+    assert_eq!(String::from_utf8_lossy(&replies), lines.concat());
+    // A line split over two records, with a pause between: one message, one reply.
+    tls.write_all(b"hel").unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(ask(&mut tls, b"lo\n", 6), b"hello\n");
+    server.wait_for("message 2001: 5 B in");
+}
