@@ -19,7 +19,7 @@ use std::{
 use log::warn;
 pub(crate) use rustls::ServerConfig;
 use rustls::{
-    ServerConnection,
+    AlertDescription, ServerConnection,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
@@ -186,10 +186,15 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Handshake::Io(e),
             }
-            if let Err(e) = self.0.process_new_packets() {
-                // The alert rustls queued tells the client why; it may not fit, and that is all right.
-                let _ = self.flush(stream);
-                return Handshake::Failed(e);
+            match self.0.process_new_packets() {
+                Ok(_) => {}
+                // The client said goodbye before it said anything: a hang-up, not a failure.
+                Err(rustls::Error::AlertReceived(AlertDescription::CloseNotify)) => return Handshake::Closed,
+                Err(e) => {
+                    // The alert rustls queued tells the client why; it may not fit, and that is all right.
+                    let _ = self.flush(stream);
+                    return Handshake::Failed(e);
+                }
             }
         }
     }

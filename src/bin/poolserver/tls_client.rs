@@ -161,11 +161,20 @@ impl Link {
         }
     }
 
-    /// Ends our side: close_notify first over TLS, then a FIN.
+    /// Ends our side: close_notify first over TLS, then a FIN. A session whose handshake has not finished
+    /// (no message was sent) ends with the FIN alone, as a plain connection does, and turns plain: reading
+    /// on through the session would drive the handshake and write into the closed side.
     pub fn shutdown_write(&mut self) {
         if let Link::Tls(stream) = self {
-            stream.conn.send_close_notify();
-            let _ = stream.conn.complete_io(&mut stream.sock);
+            if stream.conn.is_handshaking() {
+                let tcp = stream.sock.try_clone();
+                if let Ok(tcp) = tcp {
+                    *self = Link::Plain(tcp);
+                }
+            } else {
+                stream.conn.send_close_notify();
+                let _ = stream.conn.complete_io(&mut stream.sock);
+            }
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
     }
