@@ -401,3 +401,17 @@ fn framed_messages_pipelined_in_tls_records_are_each_answered_in_order() {
     assert_eq!(ask(&mut tls, b"lo\n", 6), b"hello\n");
     server.wait_for("message 2001: 5 B in");
 }
+
+#[test]
+fn a_message_longer_than_one_read_is_answered_whole_from_what_the_session_holds() {
+    let ca = Ca::new();
+    let leaf = ca.leaf("server");
+    let mut server = tls_server(&leaf, &["--keep-alive", "--mode", "echo", "--max-request", "1024"]);
+    let mut tls = open(&ca.client(), server.addr);
+    tls.sock.set_read_timeout(Some(WAIT)).unwrap();
+    // One record of 3,000 B: the first read takes 1,024, and the rest is already decrypted in the
+    // session, where no readiness of the socket announces it.
+    let message = vec![b'x'; 3000];
+    assert_eq!(ask(&mut tls, &message, message.len()), message);
+    server.wait_for("message 3: 952 B in");
+}
