@@ -307,3 +307,125 @@ impl FailureLog {
         Some(std::mem::take(unlogged))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, thread};
+
+    use rcgen::{CertificateParams, KeyPair};
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, pki_types::ServerName};
+
+    use super::*;
+
+    /// A self-signed certificate for 127.0.0.1: its PEM, its key's PEM, and a client that trusts it.
+    fn certificate() -> (String, String, Arc<ClientConfig>) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (cert.pem(), key.serialize_pem(), Arc::new(client))
+    }
+
+    /// Waits (at most 10 s) for the readiness a step asked for, as the waiting room would.
+    fn wait(stream: &TcpStream, interest: Interest) {
+        let flags = match interest {
+            Interest::Readable => PollFlags::IN,
+            Interest::Writable => PollFlags::OUT,
+        };
+        let timeout = Timespec { tv_sec: 10, tv_nsec: 0 };
+        assert_eq!(
+            poll(&mut [PollFd::new(stream, flags)], Some(&timeout)).unwrap(),
+            1,
+            "no readiness in 10 s"
+        );
+    }
+
+    /// A non-blocking server socket, and the client's end.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn a_pair_that_does_not_belong_together_is_refused_with_why() {
+        let (cert, _, _) = certificate();
+        let (_, other_key, _) = certificate();
+        let why = |result: Result<TlsConfig, Error>| result.unwrap_err().to_string();
+        assert_eq!(
+            why(TlsConfig::from_pem(cert.as_bytes(), other_key.as_bytes())),
+            "tls: the private key does not match the certificate"
+        );
+        assert_eq!(why(TlsConfig::from_pem(cert.as_bytes(), b"")), "tls: no private key in the key PEM");
+    }
+
+    #[test]
+    fn handshake_message_reply_and_close_notify_in_non_blocking_steps() {
+        let (cert, key, client) = certificate();
+        let config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        let (server, tcp) = pair();
+        let peer = thread::spawn(move || {
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = StreamOwned::new(ClientConnection::new(client, name).unwrap(), tcp);
+            tls.write_all(b"hello").unwrap();
+            let mut reply = Vec::new();
+            // Ends with the server's close_notify: a clean end, not UnexpectedEof.
+            tls.read_to_end(&mut reply).map(|_| reply)
+        });
+        let mut session = Session::new(config.server_config()).unwrap();
+        let mut waits = 0;
+        loop {
+            match session.handshake(&server) {
+                Handshake::Done => break,
+                Handshake::Wants(interest) => {
+                    waits += 1;
+                    wait(&server, interest);
+                }
+                _ => panic!("the handshake failed"),
+            }
+        }
+        assert!(waits >= 1, "the handshake never waited on the client");
+        let mut buf = [0; 64];
+        let n = loop {
+            match session.read(&server, &mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(&server, Interest::Readable),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(session.write(&server, b"got it").unwrap(), 6);
+        while session.has_output() {
+            wait(&server, Interest::Writable);
+            session.write(&server, b"").unwrap();
+        }
+        session.close(&server);
+        drop(server);
+        assert_eq!(peer.join().unwrap().unwrap(), b"got it");
+    }
+
+    #[test]
+    fn plain_text_fails_the_handshake_as_not_tls() {
+        let (cert, key, _) = certificate();
+        let config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        let (server, mut tcp) = pair();
+        tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut session = Session::new(config.server_config()).unwrap();
+        let failure = loop {
+            match session.handshake(&server) {
+                Handshake::Wants(interest) => wait(&server, interest),
+                Handshake::Failed(e) => break e,
+                _ => panic!("plain text did not fail the handshake"),
+            }
+        };
+        assert!(matches!(failure, rustls::Error::InvalidMessage(_)), "{failure:?}");
+    }
+}
