@@ -118,8 +118,8 @@ pub(crate) fn acceptor(config: &Config) -> Option<Arc<ServerConfig>> {
     config.tls.as_ref().map(|tls| Arc::clone(&tls.0))
 }
 
-/// One connection's TLS state.
-pub(crate) struct Session(ServerConnection);
+/// One connection's TLS state; boxed, so that the extras of a plain connection stay small.
+pub(crate) struct Session(Box<ServerConnection>);
 
 /// Where a handshake stands after a step.
 pub(crate) enum Handshake {
@@ -136,7 +136,7 @@ pub(crate) enum Handshake {
 
 impl Session {
     pub(crate) fn new(config: &Arc<ServerConfig>) -> io::Result<Session> {
-        ServerConnection::new(Arc::clone(config)).map(Session).map_err(io::Error::other)
+        ServerConnection::new(Arc::clone(config)).map(|tls| Session(Box::new(tls))).map_err(io::Error::other)
     }
 
     pub(crate) fn is_handshaking(&self) -> bool {
