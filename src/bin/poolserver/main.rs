@@ -139,8 +139,16 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     logging::log_panics();
-    if let Some(tls) = &tls {
-        info!("TLS with the certificate {}, which {}", errors::path(&tls.cert), tls.expiry());
+    match &tls {
+        Some(tls) if tls.has_expired() => {
+            warn!(
+                "TLS with the certificate {}, which has {}; clients will refuse it",
+                errors::path(&tls.cert),
+                tls.expiry()
+            )
+        }
+        Some(tls) => info!("TLS with the certificate {}, which {}", errors::path(&tls.cert), tls.expiry()),
+        None => {}
     }
     let code = run_server(config, metrics, args, log, &logs);
     logs.finish(FINAL_FLUSH);

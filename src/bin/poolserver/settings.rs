@@ -539,7 +539,8 @@ mod tests {
              busy_reply = \"b\"\nmax_request = 5\nframing = \"line\"\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nmax_messages = 6\nmax_conversation = \"8s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
-             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
+             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
         )
         .unwrap();
         assert_eq!(file.lines.len(), KEYS.len());
@@ -551,7 +552,8 @@ mod tests {
              framing: Some(Line), read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), max_messages: Some(6), max_conversation: Some(8s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
-             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
+             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))), \
+             tls_cert: Some(\"c.pem\"), tls_key: Some(\"k.pem\") }"
         );
     }
 

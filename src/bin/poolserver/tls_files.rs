@@ -54,13 +54,18 @@ impl TlsFiles {
         Ok(TlsFiles { cert: cert.to_owned(), key: key.to_owned(), config, not_after })
     }
 
+    /// Its certificate is no longer valid.
+    pub fn has_expired(&self) -> bool {
+        self.not_after.is_some_and(|not_after| not_after < OffsetDateTime::now_utc())
+    }
+
     /// "expires 2027-12-07T22:10:00Z (in 364 days)", or that it has expired.
     pub fn expiry(&self) -> String {
         let Some(not_after) = self.not_after else { return "expiry unknown".to_owned() };
         let at = not_after.format(&Rfc3339).unwrap_or_else(|_| not_after.to_string());
         let left = not_after - OffsetDateTime::now_utc();
         if left.is_negative() {
-            format!("EXPIRED {at} ({} days ago)", -left.whole_days())
+            format!("expired {at} ({} days ago)", -left.whole_days())
         } else {
             format!("expires {at} (in {} days)", left.whole_days())
         }
