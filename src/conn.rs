@@ -605,7 +605,7 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
     // A read that fills the buffer may have left more in the socket; a shorter one has taken it all.
     let mut may_read = true;
     let turn = loop {
-        match framing::decode(conn.framing, &buf[start..filled], max) {
+        match conn.framing.decode(&buf[start..filled], max) {
             Decoded::Message { .. } if answered == TURN => break Turn::Requeue,
             Decoded::Message { message, consumed } => {
                 let message = &buf[start + message.start..start + message.end];
@@ -705,7 +705,7 @@ fn answer_framed(conn: &mut Conn, service: &Service, message: &[u8], out: &mut V
         service.protocol.reply(&message, &mut conn.state)
     };
     let before = out.len();
-    framing::frame_into(conn.framing, &reply.bytes, out);
+    conn.framing.encode(&reply.bytes, out);
     log_answer(conn, service.keep_alive, message.len(), &Preview(message), out.len() - before, started);
     service.stats.answered(started.elapsed());
     conn.phase = Phase::Idle(started);
@@ -725,7 +725,7 @@ fn answer_framed(conn: &mut Conn, service: &Service, message: &[u8], out: &mut V
 /// handler runs on a worker, never in the room); otherwise the connection waits for more input.
 fn go_on_framed(conn: Conn, service: &Service) -> Step {
     let complete = conn.extras.as_deref().is_some_and(|extras| {
-        !matches!(framing::decode(conn.framing, &extras.input, service.max_request), Decoded::NeedMore)
+        !matches!(conn.framing.decode(&extras.input, service.max_request), Decoded::NeedMore)
     });
     if complete { Step::Queue(conn) } else { waiting_for_message(conn, service) }
 }
@@ -1002,13 +1002,9 @@ fn refuse(conn: Conn, service: &Service, why: fmt::Arguments<'_>) -> Step {
         // A reply in plain text would not be TLS; there is no session to send it in yet.
         warn!(target: "access", "{conn} turned away before its TLS handshake, closed without a reply: {why}");
     } else {
-        if conn.framing == Framing::Raw {
-            let _ = conn.write_some(&service.busy_reply);
-        } else {
-            let mut framed = Vec::with_capacity(service.busy_reply.len() + framing::MAX_EDGE);
-            framing::frame_into(conn.framing, &service.busy_reply, &mut framed);
-            let _ = conn.write_some(&framed);
-        }
+        let mut framed = Vec::with_capacity(service.busy_reply.len() + framing::MAX_EDGE);
+        conn.framing.encode(&service.busy_reply, &mut framed);
+        let _ = conn.write_some(&framed);
         warn!(target: "access", "{conn} turned away with the busy reply: {why}");
     }
     conn.tally.end(Ending::Busy);

@@ -73,6 +73,7 @@ mod tls;
 pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Framing, Mode};
 pub use error::Error;
+pub use framing::{Decoded, TooLong};
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
 /// The rustls this crate serves TLS with, for a `rustls::ServerConfig` made by hand ([`TlsConfig`]).

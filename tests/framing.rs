@@ -9,11 +9,12 @@ use std::{
     fs,
     io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
-use support::{Server, WAIT, connect, spawn, write_config};
+use support::{Server, WAIT, command, connect, finish, spawn, write_config};
 
 fn framed(message: &[u8]) -> Vec<u8> {
     let mut out = (message.len() as u32).to_be_bytes().to_vec();
@@ -363,4 +364,88 @@ fn raw_framing_is_still_one_read_one_message() {
     drop(client);
     let summary = stop(server);
     assert!(summary.contains("1 messages"), "{summary}");
+}
+
+/// `poolserver send ARGS` with `input` on its standard input.
+fn send(args: &[&str], input: &[u8]) -> (bool, String, String) {
+    let mut child = support::Guarded(
+        command(&[&["send"], args].concat(), &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    child.0.stdin.take().unwrap().write_all(input).unwrap();
+    let output = finish(child, WAIT);
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn send_with_framing_sends_a_message_per_line_and_prints_a_reply_per_line() {
+    for framing in ["line", "length"] {
+        let server =
+            Server::start(&["--bind", "127.0.0.1:0", "--keep-alive", "--framing", framing, "--mode", "echo"]);
+        let addr = server.addr.to_string();
+        let (ok, stdout, stderr) = send(&["--framing", framing, "--addr", &addr, "-"], b"one\ntwo\r\nthree");
+        assert!(ok, "{framing}: {stderr}");
+        assert_eq!(stdout, "one\ntwo\nthree\n", "{framing}");
+        let summary = stop(server);
+        assert!(summary.contains("3 messages"), "{framing}: {summary}");
+    }
+}
+
+#[test]
+fn stress_pipelines_framed_messages_and_checks_every_reply() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--keep-alive", "--framing", "length"]);
+    let addr = server.addr.to_string();
+    let args =
+        ["stress", "--addr", &addr, "--json", "--framing", "length", "--clients", "2", "--requests", "4"];
+    let run = |extra: &[&str]| {
+        let output =
+            support::output(&mut command(&[&args[..], extra].concat(), &[]), Duration::from_secs(60));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.success(), json)
+    };
+    let (ok, json) = run(&["--messages", "250", "--pipeline", "16"]);
+    assert!(ok, "{json}");
+    assert_eq!(
+        (json["ok"].as_u64(), json["messages"].as_u64(), json["failed"].as_u64()),
+        (Some(4), Some(1000), Some(0))
+    );
+    assert_eq!(json["pipeline"], 16, "{json}");
+    // A reply the stress does not expect is caught in a pipeline too.
+    let (ok, json) = run(&["--messages", "250", "--pipeline", "16", "--expect", "something else"]);
+    assert!(!ok && json["errors"]["wrong_reply"].as_u64() == Some(4), "{json}");
+    drop(stop(server));
+
+    let refused = support::output(
+        &mut command(&["stress", "--addr", &addr, "--messages", "9", "--pipeline", "4"], &[]),
+        WAIT,
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--pipeline needs --framing line or length"));
+}
+
+#[test]
+fn lines_that_came_with_a_proxy_header_are_each_answered() {
+    let mut server = Server::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--keep-alive",
+        "--framing",
+        "line",
+        "--mode",
+        "echo",
+        "--proxy-protocol",
+    ]);
+    let mut client = connect(server.addr);
+    client.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8000\r\none\ntwo\nthr").unwrap();
+    client.write_all(b"ee\n").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_clean_close(&mut client), b"one\ntwo\nthree\n");
+    let line = server.wait_for("message 3:");
+    assert!(line.contains("192.0.2.7:40000 (via 127.0.0.1:"), "{line}");
 }

@@ -121,6 +121,12 @@ pub struct SendArgs {
     #[arg(short, long)]
     pub keep_alive: bool,
 
+    /// Draw message edges as a server with the same --framing does: each message (with MESSAGE `-`, each
+    /// line of standard input) is sent with its edge, and each reply is printed on a line of its own;
+    /// a conversation whether or not --keep-alive is given
+    #[arg(long, value_name = "FRAMING")]
+    pub framing: Option<FramingArg>,
+
     /// The message to send; `-` reads it from standard input
     #[arg(value_name = "MESSAGE", default_value = "hello")]
     pub message: String,
@@ -186,6 +192,16 @@ pub struct StressArgs {
     /// sending one message and reading its reply N times before it closes and reconnects
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub messages: u64,
+
+    /// Send each message with its edge, as a server with the same --framing expects, and read each reply
+    /// to its edge
+    #[arg(long, value_name = "FRAMING", default_value = "raw")]
+    pub framing: FramingArg,
+
+    /// With --framing line or length and --messages N: keep up to K messages in flight on each
+    /// connection, sending the next as each reply comes (1: lockstep)
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub pipeline: u64,
 
     /// Instead of looping clients: hold K conversations open for the whole run, each sending one message
     /// every --interval (spread over the --clients threads; the server needs --keep-alive)

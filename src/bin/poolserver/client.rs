@@ -4,6 +4,10 @@
 //! bounded in time and the reply in size, and a failure says which step failed and how, in words a load
 //! report can count.
 //!
+//! With `--framing line|length` a message and its reply have edges, so a conversation needs no guessing:
+//! each reply is read to its end (`Conversation::ask_framed`), and `stress --pipeline K` keeps K messages
+//! in flight on one connection.
+//!
 //! A client in the wrong mode is told so, not left to time out: a one-shot exchange whose server goes
 //! quiet after a reply without closing is talking to a `--keep-alive` server (`KeptOpen`), and a
 //! conversation the server closes after a reply is talking to a one-shot server (`CutShort`).
@@ -12,6 +16,7 @@ use crate::{
     cli::SendArgs,
     tls_client::{Link, TlsClient},
 };
+use poolserver::{Decoded, Framing};
 use std::{
     fmt,
     io::{self, BufRead, Read, Write},
@@ -180,6 +185,8 @@ pub struct Conversation {
     addr: SocketAddr,
     /// Replies received so far.
     replies: u64,
+    /// With framing: bytes read past the last reply taken (the start of the next).
+    inbox: Vec<u8>,
 }
 
 impl Conversation {
@@ -200,7 +207,7 @@ impl Conversation {
         // Lockstep messages are small: send each at once rather than wait for the previous reply's ACK.
         stream.set_nodelay(true).map_err(|e| fail("cannot configure the socket for", e))?;
         let stream = Link::new(stream, tls).map_err(|e| fail("cannot start TLS with", e))?;
-        Ok(Conversation { stream, addr, replies: 0 })
+        Ok(Conversation { stream, addr, replies: 0, inbox: Vec::new() })
     }
 
     /// Sends `message` and reads its reply into `reply` (cleared first): `expected` bytes, or fewer when
@@ -229,9 +236,80 @@ impl Conversation {
         Ok(())
     }
 
+    /// With framing: sends `message` with its edge and reads one whole reply, without its edge, into
+    /// `reply` (cleared first). A reply longer than `max_reply` is a failure.
+    pub fn ask_framed(
+        &mut self,
+        framing: Framing,
+        message: &[u8],
+        max_reply: usize,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        reply.clear();
+        let mut wire = Vec::with_capacity(message.len() + 4);
+        framing.encode(message, &mut wire);
+        self.send(&wire)?;
+        loop {
+            match framing.decode(&self.inbox, max_reply) {
+                Decoded::Message { message, consumed } => {
+                    reply.extend_from_slice(&self.inbox[message]);
+                    self.inbox.drain(..consumed);
+                    self.replies += 1;
+                    return Ok(());
+                }
+                Decoded::TooLong(_) => {
+                    return Err(Failure {
+                        kind: FailureKind::WrongReply,
+                        detail: format!("reply from {} is longer than {max_reply} bytes", self.addr),
+                    });
+                }
+                Decoded::NeedMore => {}
+            }
+            let mut inbox = std::mem::take(&mut self.inbox);
+            let n = self.receive(&mut inbox);
+            self.inbox = inbox;
+            match n? {
+                0 if self.inbox.is_empty() => return Err(self.closed()),
+                0 => {
+                    return Err(Failure {
+                        kind: FailureKind::WrongReply,
+                        detail: format!("{} closed the connection in the middle of a reply", self.addr),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends bytes as they are (messages already framed, say).
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.stream.write_all(bytes).map_err(|e| self.fail("cannot send to", &e))
+    }
+
+    /// Appends what one read brings to `into`; 0 when the server has closed.
+    pub fn receive(&mut self, into: &mut Vec<u8>) -> Result<usize, Failure> {
+        let mut chunk = [0; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    into.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail("no complete reply from", &e)),
+            }
+        }
+    }
+
+    /// Counts replies taken by the caller (with `send` and `receive`), for the failure when the server
+    /// closes.
+    pub fn count_replies(&mut self, n: u64) {
+        self.replies += n;
+    }
+
     /// The server closed before replying: at the start, a wrong reply; after some replies, a server that
     /// does not hold conversations.
-    fn closed(&self) -> Failure {
+    pub fn closed(&self) -> Failure {
         match self.replies {
             0 => Failure {
                 kind: FailureKind::WrongReply,
@@ -289,6 +367,9 @@ const SEND_LIMIT: usize = 256 << 20;
 /// `poolserver send`: one exchange, the message from the arguments or (`-`) from `input`, the reply to
 /// `output` exactly as received. The error is one line for stderr.
 pub fn send(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) -> Result<(), String> {
+    if let Some(framing) = args.framing.map(Framing::from).filter(|&f| f != Framing::Raw) {
+        return converse_framed(args, framing, input, output);
+    }
     if args.keep_alive {
         return converse(args, input, output);
     }
@@ -357,6 +438,52 @@ fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     }
     let rest = conversation.close().map_err(|f| f.detail)?;
     output.write_all(&rest).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
+}
+
+/// `poolserver send --framing line|length`: one conversation, one message per argument or (`-`) per line of
+/// `input` (without its line end), sent with its edge; each reply, without its edge, is printed on a line
+/// of its own as it comes; then a clean close. A one-shot server answers the first message only, and the
+/// second one says so.
+fn converse_framed(
+    args: &SendArgs,
+    framing: Framing,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+) -> Result<(), String> {
+    let tls = TlsClient::from_args(&args.tls, args.addr)?;
+    let mut conversation = Conversation::open(args.addr, args.timeout, tls.as_ref()).map_err(|f| f.detail)?;
+    let mut reply = Vec::new();
+    let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
+        conversation.ask_framed(framing, message, SEND_LIMIT, &mut reply).map_err(|f| match f.kind {
+            FailureKind::CutShort => format!("{}; give one message per connection", f.detail),
+            _ => f.detail,
+        })?;
+        output
+            .write_all(&reply)
+            .and_then(|()| output.write_all(b"\n"))
+            .and_then(|()| output.flush())
+            .map_err(|e| format!("cannot write the reply: {e}"))
+    };
+    if args.message == "-" {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = input
+                .take(SEND_LIMIT as u64)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("cannot read a message from standard input: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            let message = line.strip_suffix(b"\n").unwrap_or(&line);
+            say(message.strip_suffix(b"\r").unwrap_or(message), output)?;
+        }
+    } else {
+        say(args.message.as_bytes(), output)?;
+    }
+    // A one-shot server closes after its reply: that is no error here.
+    let _ = conversation.close();
+    Ok(())
 }
 
 /// Whether a socket read or write ran out of time (a timeout shows as `WouldBlock` on Linux).

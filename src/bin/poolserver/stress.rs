@@ -8,6 +8,10 @@
 //! `--held K` conversations kept open all run, each sending at a set interval, spread over the threads.
 //! Optional idle connections send nothing for the whole run, to show how the server treats silent clients.
 //!
+//! With `--framing line|length` every message goes out with its edge and every reply is checked with its
+//! edge (the plan holds them framed, so the lockstep paths are the same); `--pipeline K` keeps K messages
+//! of a conversation in flight, sending the next as each reply comes.
+//!
 //! A run against a server in the other mode (one-shot clients against `--keep-alive`, conversations against
 //! a one-shot server) says so on stderr at its first such failure, and the report says it again.
 
@@ -22,6 +26,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use poolserver::{Decoded, Framing};
 use serde::Serialize;
 
 use crate::{
@@ -50,10 +55,14 @@ pub struct Plan {
     pub exchange: Exchange,
     pub clients: usize,
     pub limit: Limit,
+    /// The message, the expected reply and the busy reply as they cross the wire: with `framing`'s edges.
     pub message: Vec<u8>,
     pub expect: Vec<u8>,
     /// A reply equal to this counts as `busy`, not `wrong_reply`.
     pub busy: Vec<u8>,
+    pub framing: Framing,
+    /// Messages in flight on one conversation; 1 is lockstep.
+    pub pipeline: u64,
     pub idle: usize,
     /// Messages per connection; 1 is the tutorial's one-shot client.
     pub messages: u64,
@@ -73,8 +82,28 @@ impl Plan {
             (None, Some(d)) if d > MAX_RUN => return Err(format!("--duration may be at most {MAX_RUN:?}")),
             (None, duration) => Limit::Duration(duration.unwrap_or(DEFAULT_DURATION)),
         };
-        let expect = args.expect.into_bytes();
-        let busy = args.busy_reply.into_bytes();
+        let framing = Framing::from(args.framing);
+        if args.pipeline > 1 && framing == Framing::Raw {
+            return Err("--pipeline needs --framing line or length: with raw framing the server answers \
+                        messages that arrive together as one"
+                .to_owned());
+        }
+        if args.pipeline > 1 && (args.messages < 2 || args.held > 0) {
+            return Err("--pipeline needs conversations of --messages N (N > 1), not --held ones".to_owned());
+        }
+        if framing == Framing::Line && [&args.message, &args.expect].iter().any(|text| text.contains('\n')) {
+            return Err(
+                "with --framing line, --message and --expect cannot hold a newline: it ends a message"
+                    .to_owned(),
+            );
+        }
+        let framed = |text: String| {
+            let mut wire = Vec::with_capacity(text.len() + 4);
+            framing.encode(text.as_bytes(), &mut wire);
+            wire
+        };
+        let expect = framed(args.expect);
+        let busy = framed(args.busy_reply);
         Ok(Plan {
             // Room for the expected reply and then some, so a wrong reply is seen whole enough to report.
             exchange: Exchange {
@@ -88,9 +117,11 @@ impl Plan {
             },
             clients: args.clients as usize,
             limit,
-            message: args.message.into_bytes(),
+            message: framed(args.message),
             expect,
             busy,
+            framing,
+            pipeline: args.pipeline,
             idle: args.idle as usize,
             messages: args.messages,
             held: args.held as usize,
@@ -157,6 +188,8 @@ impl Report {
         let json = serde_json::json!({
             "addr": self.plan.exchange.addr.to_string(),
             "clients": self.plan.clients,
+            "framing": self.plan.framing.to_string(),
+            "pipeline": self.plan.pipeline,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "ok": self.ok,
             "messages": self.messages,
@@ -181,8 +214,13 @@ impl Report {
     /// The report for people: a short table.
     pub fn to_table(&self) -> String {
         let us = |v: u64| format!("{:.1?}", Duration::from_micros(v));
+        let framing = match (self.plan.framing, self.plan.pipeline) {
+            (Framing::Raw, _) => String::new(),
+            (framing, 1) => format!(", {framing} framing"),
+            (framing, k) => format!(", {framing} framing, pipeline {k}"),
+        };
         let mut out = format!(
-            "target       {} ({} clients, {:.2} s)\nconnections  {} ok, {} failed\nthroughput   {:.0} conn/s\n",
+            "target       {} ({} clients{framing}, {:.2} s)\nconnections  {} ok, {} failed\nthroughput   {:.0} conn/s\n",
             self.plan.exchange.addr,
             self.plan.clients,
             self.elapsed.as_secs_f64(),
@@ -421,6 +459,11 @@ fn client_loop<'a>(
         if Instant::now() >= deadline {
             break;
         }
+        if plan.messages > 1 && plan.pipeline > 1 {
+            converse_pipelined(plan, deadline, &mut tally, &mut reply);
+            done.fetch_add(1, Relaxed);
+            continue;
+        }
         if plan.messages > 1 {
             converse(plan, plan.messages, deadline, &mut tally, &mut reply);
             done.fetch_add(1, Relaxed);
@@ -457,6 +500,76 @@ fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally<'_>
         if !tally.ask(plan, &mut conversation, reply) {
             return;
         }
+    }
+    tally.close(conversation);
+}
+
+/// One conversation of `plan.messages` messages with up to `plan.pipeline` of them in flight: the first
+/// `pipeline` go out in one write, and as replies come back (each checked, its latency counted from its
+/// message's send) as many more go out in one write. When the run's `deadline` comes, no more are sent and
+/// those in flight are waited for; then a clean close.
+fn converse_pipelined(plan: &Plan, deadline: Instant, tally: &mut Tally<'_>, inbox: &mut Vec<u8>) {
+    let mut conversation =
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout, plan.exchange.tls.as_ref()) {
+            Ok(conversation) => conversation,
+            Err(failure) => return tally.fail(failure),
+        };
+    inbox.clear();
+    let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(plan.pipeline as usize);
+    let mut batch = Vec::new();
+    let mut sent = 0;
+    loop {
+        let room = (plan.pipeline - in_flight.len() as u64).min(plan.messages - sent);
+        if room > 0 && Instant::now() < deadline {
+            batch.clear();
+            for _ in 0..room {
+                batch.extend_from_slice(&plan.message);
+            }
+            if let Err(failure) = conversation.send(&batch) {
+                return tally.fail(failure);
+            }
+            let now = Instant::now();
+            in_flight.extend((0..room).map(|_| now));
+            sent += room;
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        match conversation.receive(inbox) {
+            Ok(0) if inbox.is_empty() => return tally.fail(conversation.closed()),
+            // A reply cut off by the close: the busy reply, or a wrong one.
+            Ok(0) => {
+                tally.check(plan, inbox);
+                return;
+            }
+            Ok(_) => {}
+            Err(failure) => return tally.fail(failure),
+        }
+        let (mut taken, mut replies) = (0, 0);
+        loop {
+            match plan.framing.decode(&inbox[taken..], plan.exchange.max_reply) {
+                Decoded::Message { consumed, .. } => {
+                    let reply = &inbox[taken..taken + consumed];
+                    if let Some(asked) = in_flight.pop_front() {
+                        let _ = tally.latency.record(asked.elapsed().as_micros().max(1) as u64);
+                    }
+                    if !tally.check(plan, reply) {
+                        return;
+                    }
+                    tally.messages += 1;
+                    (taken, replies) = (taken + consumed, replies + 1);
+                }
+                Decoded::NeedMore => break,
+                Decoded::TooLong(_) => {
+                    return tally.fail(Failure {
+                        kind: FailureKind::WrongReply,
+                        detail: format!("a reply longer than {} bytes", plan.exchange.max_reply),
+                    });
+                }
+            }
+        }
+        inbox.drain(..taken);
+        conversation.count_replies(replies);
     }
     tally.close(conversation);
 }
@@ -595,6 +708,8 @@ mod tests {
             message: b"hello".to_vec(),
             expect: b"ok".to_vec(),
             busy: b"busy".to_vec(),
+            framing: Framing::Raw,
+            pipeline: 1,
             idle: 0,
             messages,
             held,
