@@ -187,6 +187,10 @@ pub struct Config {
     /// The most connections open at once from one client address (with `proxy_protocol`, the address the
     /// header names); a connection past it gets `busy_reply` when its message arrives. `None`: no limit.
     pub max_per_client: Option<usize>,
+    /// Serve every connection over TLS with this certificate and key (the `tls` feature). The handshake
+    /// waits in the waiting room like a message, within `read_timeout` of the connect. `None`: plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for Config {
@@ -213,6 +217,8 @@ impl Default for Config {
             proxy_from: None,
             max_connections: None,
             max_per_client: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

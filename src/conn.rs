@@ -9,6 +9,10 @@
 //!                                 ├─ client may send more ► Lingering (room: our FIN sent, discard, bounded)
 //!                                 └─ otherwise ──────────► closed
 //! ```
+//! Over TLS, a new connection's handshake comes first (after the PROXY header, when there is one), in
+//! non-blocking steps between the room and whoever takes it out of the room, within `read_timeout` of the
+//! connect; reads and writes then go through its session (`tls`), and a close sends close_notify first.
+//!
 //! With `line` or `length` framing a worker answers every complete message that has arrived (up to `TURN`)
 //! and keeps the rest with the connection: a part of a message waits in the room (`New`/`Idle`, its
 //! deadline counted from its first byte), complete messages go back to the queue (see `serve_framed`).
@@ -42,6 +46,7 @@ use crate::{
     service::Service,
     stats::{Ending, Tally},
     sys,
+    tls::{self, Handshake, Session},
 };
 
 /// A message at least this long may be the start of a longer one still on its way; closing right after
@@ -104,6 +109,8 @@ struct Extras {
     /// When the first message must have arrived; fixed the first time the connection has to wait for it.
     first_deadline: Option<Instant>,
     pending: Option<Pending>,
+    /// Over TLS: the session, or why it could not be made.
+    tls: Option<io::Result<Session>>,
     /// With line or length framing: bytes read and not yet answered, the start of a message still
     /// arriving or pipelined messages waiting for their turn.
     input: Vec<u8>,
@@ -171,9 +178,15 @@ pub(crate) struct Waiting {
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, id: u64, tally: Tally, service: &Service) -> Conn {
-        let extras = service
+        let mut extras = service
             .proxy_protocol
             .then(|| Box::new(Extras { preamble: Preamble::ProxyHeader(Vec::new()), ..Extras::default() }));
+        if let Some(config) = &service.tls {
+            // The session's tickets go out on their own right after the handshake: with Nagle, the first
+            // reply would then wait for their ACK, which a client delays by up to 40 ms.
+            let _ = stream.set_nodelay(true);
+            extras.get_or_insert_with(Box::default).tls = Some(Session::new(config));
+        }
         Conn {
             stream,
             peer,
@@ -248,6 +261,49 @@ impl Conn {
 
     fn extras_mut(&mut self) -> &mut Extras {
         self.extras.get_or_insert_with(Box::default)
+    }
+
+    fn session(&mut self) -> Option<&mut Session> {
+        self.extras.as_deref_mut()?.tls.as_mut()?.as_mut().ok()
+    }
+
+    /// Over TLS, with the handshake (or what it has to send) not finished.
+    fn is_handshaking(&self) -> bool {
+        match self.extras.as_deref().and_then(|extras| extras.tls.as_ref()) {
+            Some(Ok(session)) => session.is_handshaking() || session.has_output(),
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+
+    /// Over TLS: input is decrypted and waiting already, which no readiness of the socket will announce.
+    pub(crate) fn has_buffered_input(&mut self) -> bool {
+        self.session().is_some_and(|session| session.has_plaintext())
+    }
+
+    /// Reads the next bytes of a message, through the session when there is one. What a session read
+    /// leaves in the socket is not known here, so a TLS connection re-arms when it waits.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.extras.as_deref_mut().and_then(|extras| extras.tls.as_mut()) {
+            Some(Ok(session)) => {
+                self.registration.read_left(false);
+                session.read(&self.stream, buf)
+            }
+            _ => self.read_input(buf),
+        }
+    }
+
+    /// Writes as much of `data` as the socket takes now, through the session when there is one.
+    fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.extras.as_deref_mut().and_then(|extras| extras.tls.as_mut()) {
+            Some(Ok(session)) => session.write(&self.stream, data),
+            _ => write_some(&self.stream, data),
+        }
+    }
+
+    /// Nothing the session encrypted is left to send (always so without TLS).
+    fn is_flushed(&self) -> bool {
+        !matches!(self.extras.as_deref().and_then(|extras| extras.tls.as_ref()), Some(Ok(session)) if session.has_output())
     }
 
     /// The bytes of a message under way (with framing), kept until the rest comes.
@@ -358,6 +414,12 @@ pub(crate) fn serve(conn: Conn, service: &Service, scratch: &mut Scratch) -> Ste
         Header::Read(conn) => conn,
         Header::Then(step) => return step,
     };
+    if conn.is_handshaking() {
+        conn = match handshake(conn, service) {
+            Ready::Serve(conn) => conn,
+            Ready::Then(step) => return step,
+        };
+    }
     if let Quota::Over { open } = conn.quota {
         return turn_away_client(conn, service, open);
     }
@@ -376,7 +438,7 @@ pub(crate) fn serve(conn: Conn, service: &Service, scratch: &mut Scratch) -> Ste
         buf[..n].copy_from_slice(&early[..n]);
         n + if n < buf.len() { conn.read_input(&mut buf[n..]).unwrap_or(0) } else { 0 }
     } else {
-        match conn.read_input(buf) {
+        match conn.read(buf) {
             Ok(0) => return client_closed(conn),
             Ok(n) => n,
             // Not here yet: wait for it without holding a worker.
@@ -425,9 +487,51 @@ fn read_proxy_header(mut conn: Conn, service: &Service) -> Header {
     })
 }
 
+/// One non-blocking step of the TLS handshake: the connection goes on to its message when the handshake
+/// is done, or back to the room when it waits on its client.
+fn handshake(mut conn: Conn, service: &Service) -> Ready {
+    let Some(extras) = conn.extras.as_deref_mut() else { return Ready::Serve(conn) };
+    let session = match extras.tls.as_mut() {
+        Some(Ok(session)) => session,
+        Some(Err(_)) => {
+            let Some(Err(e)) = extras.tls.take() else { return Ready::Then(Step::Done) };
+            return Ready::Then(failed(conn, "starting TLS", &e));
+        }
+        None => return Ready::Serve(conn),
+    };
+    // Bytes that came behind the PROXY header are the start of the handshake.
+    if let Preamble::Early(early) = std::mem::take(&mut extras.preamble)
+        && let Err(e) = session.feed(&early)
+    {
+        tls::log_failure(conn.peer, &e);
+        return Ready::Then(conn.finish(Ending::Error));
+    }
+    let progress = session.handshake(&conn.stream);
+    let message_here = matches!(progress, Handshake::Done) && session.has_plaintext();
+    Ready::Then(match progress {
+        Handshake::Done if message_here => return Ready::Serve(conn),
+        Handshake::Done | Handshake::Wants(Interest::Readable) => waiting_for_message(conn, service),
+        Handshake::Wants(interest) => waiting_for(conn, interest, service),
+        Handshake::Closed => {
+            info!(target: "access", "{conn} closed the connection during the TLS handshake");
+            conn.finish(Ending::HungUp)
+        }
+        Handshake::Failed(e) => {
+            tls::log_failure(conn.peer, &e);
+            conn.finish(Ending::Error)
+        }
+        Handshake::Io(e) => failed(conn, "in the TLS handshake", &e),
+    })
+}
+
 /// Nothing to read yet: the connection waits in the room for its message, unless its time is already up.
 pub(crate) fn waiting_for_message(conn: Conn, service: &Service) -> Step {
-    match conn.wait(Interest::Readable, service) {
+    waiting_for(conn, Interest::Readable, service)
+}
+
+/// The connection waits in the room for `interest`, unless its time is already up.
+fn waiting_for(conn: Conn, interest: Interest, service: &Service) -> Step {
+    match conn.wait(interest, service) {
         Step::Wait(waiting) if waiting.deadline <= Instant::now() => {
             expired(waiting.conn, service, Expiry::Deadline);
             Step::Done
@@ -460,11 +564,11 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
     };
     let filled = message.len() == max;
     let may_send_more = message.len() >= LINGER_FROM || filled;
-    let written = match write_some(&conn.stream, &reply.bytes) {
+    let written = match conn.write_some(&reply.bytes) {
         Ok(written) => written,
         Err(e) => return failed(conn, "writing the reply", &e),
     };
-    if written == reply.bytes.len() {
+    if written == reply.bytes.len() && conn.is_flushed() {
         log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
         return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
@@ -549,7 +653,7 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
         // one before it fills the buffer, so there is always room to read into (an empty read would look
         // like the client's close).
         debug_assert!(filled < buf.len(), "a framed read buffer full without a complete message");
-        match conn.read_input(&mut buf[filled..]) {
+        match conn.read(&mut buf[filled..]) {
             Ok(0) => break Turn::Eof,
             Ok(n) => {
                 filled += n;
@@ -560,7 +664,7 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
             Err(e) => return failed(conn, "reading a message", &e),
         }
     };
-    let written = match write_some(&conn.stream, out) {
+    let written = match conn.write_some(out) {
         Ok(written) => written,
         Err(e) => return failed(conn, "writing the reply", &e),
     };
@@ -588,7 +692,7 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
         _ => {}
     }
     let close = matches!(turn, Turn::Close | Turn::Eof);
-    if written < out.len() {
+    if written < out.len() || !conn.is_flushed() {
         if !close {
             conn.keep_input(left, answered > 0);
         }
@@ -757,6 +861,9 @@ fn cap_reached(conn: &Conn, service: &Service) -> Option<String> {
 /// behind the reply now and the room reads and drops the rest (bounded) before the close. Otherwise (the
 /// common case) the socket closes at once.
 fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> Step {
+    if let Some(session) = conn.extras.as_deref_mut().and_then(|extras| extras.tls.as_mut()?.as_mut().ok()) {
+        session.close(&conn.stream);
+    }
     let mut scratch = [0; 512];
     let discarded = match conn.read_input(&mut scratch) {
         Ok(0) => return Step::Done,
@@ -775,6 +882,7 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
 /// In the room: the connection is ready for what it waited for.
 pub(crate) fn ready(conn: Conn, service: &Service) -> Ready {
     match conn.phase {
+        Phase::New if conn.is_handshaking() && !conn.expects_proxy_header() => handshake(conn, service),
         Phase::New | Phase::Idle(_) => Ready::Serve(conn),
         _ => Ready::Then(finish_waiting(conn, service)),
     }
@@ -788,8 +896,8 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
             let Some(mut pending) = conn.extras.as_mut().and_then(|extras| extras.pending.take()) else {
                 return Step::Done;
             };
-            match write_some(&conn.stream, &pending.rest) {
-                Ok(n) if n == pending.rest.len() => {
+            match conn.write_some(&pending.rest) {
+                Ok(n) if n == pending.rest.len() && conn.is_flushed() => {
                     let after = After { close: pending.close_after, may_send_more: pending.may_send_more };
                     let Some(unlogged) = pending.unlogged else {
                         return replied_framed(conn, service, after);
@@ -859,7 +967,13 @@ pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
             Ending::TimedOut
         }
         (Phase::New, Expiry::Deadline) => {
-            let awaited = if conn.expects_proxy_header() { "PROXY header" } else { "message" };
+            let awaited = if conn.expects_proxy_header() {
+                "PROXY header"
+            } else if conn.is_handshaking() {
+                "finished TLS handshake"
+            } else {
+                "message"
+            };
             info!(target: "access", "{conn} timed out: no {awaited} within {:?}", service.read_timeout);
             Ending::TimedOut
         }
@@ -914,14 +1028,15 @@ fn refuse(conn: Conn, service: &Service, why: fmt::Arguments<'_>) -> Step {
         return client_closed(conn);
     }
     let mut conn = conn;
-    if conn.framing == Framing::Raw {
-        let _ = (&conn.stream).write(&service.busy_reply);
+    if conn.is_handshaking() {
+        // A reply in plain text would not be TLS; there is no session to send it in yet.
+        warn!(target: "access", "{conn} turned away before its TLS handshake, closed without a reply: {why}");
     } else {
         let mut framed = Vec::with_capacity(service.busy_reply.len() + framing::MAX_EDGE);
         conn.framing.encode(&service.busy_reply, &mut framed);
-        let _ = (&conn.stream).write(&framed);
+        let _ = conn.write_some(&framed);
+        warn!(target: "access", "{conn} turned away with the busy reply: {why}");
     }
-    warn!(target: "access", "{conn} turned away with the busy reply: {why}");
     conn.tally.end(Ending::Busy);
     close_gracefully(conn, service, true)
 }

@@ -64,6 +64,11 @@ mod stats;
 mod stop;
 mod sys;
 mod systemd;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+mod tls;
 
 pub use cidr::{Cidr, ParseCidrError};
 pub use config::{Config, Framing, Mode};
@@ -71,5 +76,10 @@ pub use error::Error;
 pub use framing::{Decoded, TooLong};
 pub use handler::{Ack, Builtin, Echo, Handler, Message, Reply};
 pub use monitor::{Monitor, Snapshot};
+/// The rustls this crate serves TLS with, for a `rustls::ServerConfig` made by hand ([`TlsConfig`]).
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use server::{ReloadHandle, Server, ShutdownHandle};
 pub use stats::{ServiceHistogram, Summary};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;

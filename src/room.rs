@@ -64,6 +64,10 @@ impl Room {
     /// client turned out to be ready already.
     #[must_use]
     pub(crate) fn hold(&self, mut waiting: Waiting, gauges: &Gauges) -> Option<Conn> {
+        // Over TLS, a message may be decrypted and waiting already: no event would come for it.
+        if waiting.conn.waits_for_message() && waiting.conn.has_buffered_input() {
+            return Some(waiting.conn);
+        }
         let (tag, interest, deadline) = (waiting.conn.id() as Tag, waiting.interest, waiting.deadline);
         let wait = if waiting.conn.waits_for_message() { Wait::Message } else { Wait::Work };
         let key = waiting.conn.stream().as_raw_fd() as usize;

@@ -24,6 +24,7 @@ use crate::{
     handler::Protocol,
     limits::PerClient,
     stats::Stats,
+    tls::{self, ServerConfig},
 };
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
@@ -48,6 +49,8 @@ pub(crate) struct Service {
     pub(crate) proxy_protocol: bool,
     /// The peers whose PROXY headers are believed; `None`: every peer's.
     pub(crate) proxy_from: Option<Box<[Cidr]>>,
+    /// New connections are encrypted with this; `None`: plain TCP.
+    pub(crate) tls: Option<Arc<ServerConfig>>,
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) idle_timeout: Duration,
@@ -101,6 +104,7 @@ impl Service {
             keep_alive: config.keep_alive,
             proxy_protocol: config.proxy_protocol,
             proxy_from: config.proxy_from.as_deref().map(Box::from),
+            tls: tls::acceptor(config),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,

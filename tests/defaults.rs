@@ -17,8 +17,9 @@ use poolserver::{
 use support::{WAIT, accepted_keys, command, output};
 
 /// Keys whose value in the sample config is an example, as its comment says: their default depends on the
-/// machine (workers, max_connections) or is "not set".
-const EXAMPLES: &[&str] = &["workers", "max_connections", "max_per_client", "proxy_from", "log_file"];
+/// machine (workers, max_connections) or is "not set" (TLS is off until both files are named).
+const EXAMPLES: &[&str] =
+    &["workers", "max_connections", "max_per_client", "proxy_from", "log_file", "tls_cert", "tls_key"];
 
 fn stdout_of(args: &[&str]) -> String {
     let out = output(&mut command(args, &[]), WAIT);

@@ -1,6 +1,7 @@
 //! `poolserver serve --check` (`-t`): the configuration a start would use, resolved from flags, environment
 //! and file and validated, printed as TOML, as `nginx -t` and `haproxy -c` let an operator try a change
-//! before a restart. Nothing is bound and no log file is opened.
+//! before a restart. Nothing is bound and no log file is opened. With TLS the certificate and key are read
+//! and checked as a start would, and the output says when the certificate expires.
 //!
 //! The output is itself a valid config file that names every key (a key that is not set, such as
 //! `log_file`, is a comment), so the printed configuration can be kept and read back.
@@ -19,6 +20,9 @@ pub fn to_toml(settings: &Settings, sources: &str) -> String {
         match value(settings, key) {
             Some(value) => out.push_str(&format!("{key} = {value}\n")),
             None => out.push_str(&format!("# {key} is not set\n")),
+        }
+        if let ("tls_key", Some(tls)) = (*key, &settings.tls) {
+            out.push_str(&format!("# the TLS certificate and key match; the certificate {}\n", tls.expiry()));
         }
     }
     out
@@ -55,6 +59,8 @@ fn value(settings: &Settings, key: &str) -> Option<Value> {
             c.proxy_from.as_ref()?.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         ),
         "metrics" => Value::String(settings.metrics.map_or("off".to_owned(), |addr| addr.to_string())),
+        "tls_cert" => Value::String(settings.tls.as_ref()?.cert.to_string_lossy().into_owned()),
+        "tls_key" => Value::String(settings.tls.as_ref()?.key.to_string_lossy().into_owned()),
         // Every key in KEYS is above: `settings::tests` reads them all, and `tests/check.rs` sees each one.
         _ => return None,
     };

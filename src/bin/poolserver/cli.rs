@@ -130,6 +130,30 @@ pub struct SendArgs {
     /// The message to send; `-` reads it from standard input
     #[arg(value_name = "MESSAGE", default_value = "hello")]
     pub message: String,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// How `send` and `stress` speak TLS.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Speak TLS to a server started with --tls-cert and --tls-key
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: trust the certificate authorities in this PEM file [default: the system's,
+    /// /etc/ssl/certs/ca-certificates.crt]
+    #[arg(long, value_name = "FILE", requires = "tls", conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: take any certificate for the server's (encrypted, but not knowing with whom)
+    #[arg(long, requires = "tls")]
+    pub insecure: bool,
+
+    /// With --tls: the name the certificate must carry, sent as SNI [default: the address's IP]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
 }
 
 /// Options of `poolserver stress`.
@@ -199,6 +223,9 @@ pub struct StressArgs {
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Options of `poolserver serve`. Precedence: flag > environment variable > config file > default.
@@ -343,6 +370,16 @@ pub struct ServeArgs {
     #[arg(long, env = "POOLSERVER_METRICS", value_name = "ADDR", value_parser = parse_metrics,
           help = with_default("Serve Prometheus metrics at http://ADDR/metrics, or off", "off"))]
     pub metrics: Option<MetricsAddr>,
+
+    #[arg(long, env = "POOLSERVER_TLS_CERT", value_name = "FILE",
+          help = with_default("Serve over TLS with this certificate chain (PEM, the server's first); needs \
+                               --tls-key. Reread on SIGHUP", "off: plain TCP"))]
+    pub tls_cert: Option<PathBuf>,
+
+    #[arg(long, env = "POOLSERVER_TLS_KEY", value_name = "FILE",
+          help = with_default("With --tls-cert: its private key (PEM: PKCS#8, PKCS#1 or SEC1). Reread on SIGHUP",
+                              "off: plain TCP"))]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where messages end, as the command line names it.

@@ -12,12 +12,15 @@
 //! quiet after a reply without closing is talking to a `--keep-alive` server (`KeptOpen`), and a
 //! conversation the server closes after a reply is talking to a one-shot server (`CutShort`).
 
-use crate::cli::SendArgs;
+use crate::{
+    cli::SendArgs,
+    tls_client::{Link, TlsClient},
+};
 use poolserver::{Decoded, Framing};
 use std::{
     fmt,
     io::{self, BufRead, Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -106,6 +109,8 @@ pub struct Exchange {
     /// After the first bytes of the reply, how long a silence (no more bytes, no close) may last before
     /// the server is taken for one that keeps the connection open (`KeptOpen`). At most `timeout`.
     pub quiet: Duration,
+    /// Over TLS, with whom and how.
+    pub tls: Option<TlsClient>,
 }
 
 impl Exchange {
@@ -119,15 +124,12 @@ impl Exchange {
             kind: FailureKind::of(&e),
             detail: format!("{step} {}: {}", self.addr, describe(&e)),
         };
-        let mut stream =
+        let tcp =
             TcpStream::connect_timeout(&self.addr, self.timeout).map_err(|e| fail("cannot connect to", e))?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(|e| fail("cannot configure the socket for", e))?;
-        stream
-            .set_write_timeout(Some(self.timeout))
-            .map_err(|e| fail("cannot configure the socket for", e))?;
-        stream.write_all(message).map_err(|e| fail("cannot send to", e))?;
+        tcp.set_read_timeout(Some(self.timeout)).map_err(|e| fail("cannot configure the socket for", e))?;
+        tcp.set_write_timeout(Some(self.timeout)).map_err(|e| fail("cannot configure the socket for", e))?;
+        let mut stream = Link::new(tcp, self.tls.as_ref()).map_err(|e| fail("cannot start TLS with", e))?;
+        stream.write_all(message).and_then(|()| stream.flush()).map_err(|e| fail("cannot send to", e))?;
 
         let mut chunk = [0; 16 * 1024];
         loop {
@@ -149,6 +151,7 @@ impl Exchange {
             }
             if reply.is_empty() {
                 stream
+                    .tcp()
                     .set_read_timeout(Some(self.quiet.min(self.timeout)))
                     .map_err(|e| fail("cannot configure the socket for", e))?;
             }
@@ -178,7 +181,7 @@ impl Exchange {
 
 /// One conversation with a keep-alive server: every message gets one reply on the same connection.
 pub struct Conversation {
-    stream: TcpStream,
+    stream: Link,
     addr: SocketAddr,
     /// Replies received so far.
     replies: u64,
@@ -187,8 +190,13 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    /// Connects, with `timeout` bounding the connect and every later read and write.
-    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Conversation, Failure> {
+    /// Connects, with `timeout` bounding the connect and every later read and write; over TLS when `tls`
+    /// says so.
+    pub fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&TlsClient>,
+    ) -> Result<Conversation, Failure> {
         let fail = |step: &str, e: io::Error| Failure {
             kind: FailureKind::of(&e),
             detail: format!("{step} {addr}: {}", describe(&e)),
@@ -198,6 +206,7 @@ impl Conversation {
         stream.set_write_timeout(Some(timeout)).map_err(|e| fail("cannot configure the socket for", e))?;
         // Lockstep messages are small: send each at once rather than wait for the previous reply's ACK.
         stream.set_nodelay(true).map_err(|e| fail("cannot configure the socket for", e))?;
+        let stream = Link::new(stream, tls).map_err(|e| fail("cannot start TLS with", e))?;
         Ok(Conversation { stream, addr, replies: 0, inbox: Vec::new() })
     }
 
@@ -205,7 +214,10 @@ impl Conversation {
     /// the server closes first (a busy reply, say).
     pub fn ask(&mut self, message: &[u8], expected: usize, reply: &mut Vec<u8>) -> Result<(), Failure> {
         reply.clear();
-        self.stream.write_all(message).map_err(|e| self.fail("cannot send to", &e))?;
+        self.stream
+            .write_all(message)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| self.fail("cannot send to", &e))?;
         reply.resize(expected, 0);
         let mut got = 0;
         while got < expected {
@@ -318,7 +330,10 @@ impl Conversation {
     /// Sends one message and returns what one read brings back, as the tutorial's `recv` does: a reply
     /// longer than one read, or two replies at once, come back as they arrive.
     pub fn ask_once(&mut self, message: &[u8], reply: &mut Vec<u8>) -> Result<(), Failure> {
-        self.stream.write_all(message).map_err(|e| self.fail("cannot send to", &e))?;
+        self.stream
+            .write_all(message)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| self.fail("cannot send to", &e))?;
         let mut chunk = [0; 64 * 1024];
         let n = self.stream.read(&mut chunk).map_err(|e| self.fail("no reply from", &e))?;
         if n == 0 {
@@ -331,10 +346,10 @@ impl Conversation {
 
     /// Ends the conversation as a polite client does: our side closes, and the server must close its side
     /// cleanly (no reset) without sending anything more. Returns anything it did send.
-    pub fn close(self) -> Result<Vec<u8>, Failure> {
-        let _ = self.stream.shutdown(Shutdown::Write);
+    pub fn close(mut self) -> Result<Vec<u8>, Failure> {
+        self.stream.shutdown_write();
         let mut rest = Vec::new();
-        (&self.stream)
+        (&mut self.stream)
             .take(SEND_LIMIT as u64)
             .read_to_end(&mut rest)
             .map_err(|e| self.fail("no clean close from", &e))?;
@@ -368,8 +383,9 @@ pub fn send(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     } else {
         args.message.clone().into_bytes()
     };
+    let tls = TlsClient::from_args(&args.tls, args.addr)?;
     let exchange =
-        Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT, quiet: SEND_QUIET };
+        Exchange { addr: args.addr, timeout: args.timeout, max_reply: SEND_LIMIT, quiet: SEND_QUIET, tls };
     let mut reply = Vec::new();
     let kept_open = match exchange.run(&message, &mut reply) {
         Ok(()) => None,
@@ -390,7 +406,8 @@ pub fn send(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
 /// `poolserver send --keep-alive`: one conversation, one message per argument or (`-`) per line of `input`,
 /// each reply written to `output` as it comes, then a clean close.
 fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) -> Result<(), String> {
-    let mut conversation = Conversation::open(args.addr, args.timeout).map_err(|f| f.detail)?;
+    let tls = TlsClient::from_args(&args.tls, args.addr)?;
+    let mut conversation = Conversation::open(args.addr, args.timeout, tls.as_ref()).map_err(|f| f.detail)?;
     let mut reply = Vec::new();
     let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
         reply.clear();
@@ -433,7 +450,8 @@ fn converse_framed(
     input: &mut impl BufRead,
     output: &mut impl Write,
 ) -> Result<(), String> {
-    let mut conversation = Conversation::open(args.addr, args.timeout).map_err(|f| f.detail)?;
+    let tls = TlsClient::from_args(&args.tls, args.addr)?;
+    let mut conversation = Conversation::open(args.addr, args.timeout, tls.as_ref()).map_err(|f| f.detail)?;
     let mut reply = Vec::new();
     let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
         conversation.ask_framed(framing, message, SEND_LIMIT, &mut reply).map_err(|f| match f.kind {

@@ -27,6 +27,8 @@ mod settings;
 mod signals;
 mod stats;
 mod stress;
+mod tls_client;
+mod tls_files;
 mod values;
 
 use cli::{Cli, Command, GenerateArgs, SendArgs, ServeArgs, StatsArgs, StressArgs};
@@ -127,7 +129,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         print!("{}", check::to_toml(&settings, &sources));
         return ExitCode::SUCCESS;
     }
-    let Settings { config, log, metrics } = settings;
+    let Settings { config, log, metrics, tls } = settings;
     let logs = match logging::init(&log) {
         Ok(logs) => logs,
         Err(e) => {
@@ -137,6 +139,17 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     logging::log_panics();
+    match &tls {
+        Some(tls) if tls.has_expired() => {
+            warn!(
+                "TLS with the certificate {}, which has {}; clients will refuse it",
+                errors::path(&tls.cert),
+                tls.expiry()
+            )
+        }
+        Some(tls) => info!("TLS with the certificate {}, which {}", errors::path(&tls.cert), tls.expiry()),
+        None => {}
+    }
     let code = run_server(config, metrics, args, log, &logs);
     logs.finish(FINAL_FLUSH);
     code

@@ -4,7 +4,8 @@
 //! (clap read it then), and the config file as it is now. A file that does not parse or validate is one
 //! error line and changes nothing. The server applies what it can without a new socket and logs what it
 //! changed; the log level is the binary's, so it changes here and says so here; the log destinations need a
-//! restart, and a warning says so.
+//! restart, and a warning says so. The TLS certificate and key are read again too: new connections get the
+//! new pair, those open keep theirs, and a pair that does not load is the one error line and keeps the old.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use poolserver::ReloadHandle;
 
 use crate::{
     cli::ServeArgs,
+    errors,
     logging::{Logs, OPERATOR},
     settings::{LogSettings, Settings},
 };
@@ -28,12 +30,15 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn reload(&self) {
-        let Settings { config, log, metrics } = match Settings::resolve(&self.args) {
+        let Settings { config, log, metrics, tls } = match Settings::resolve(&self.args) {
             Ok(settings) => settings,
             Err(e) => return error!(target: OPERATOR, "reload refused, the running configuration stays: {e}"),
         };
         if let Err(e) = self.server.reload(config) {
             return error!(target: OPERATOR, "reload refused, the running configuration stays: {e}");
+        }
+        if let Some(tls) = tls {
+            info!(target: OPERATOR, "reload: TLS certificate {} reread; it {}", errors::path(&tls.cert), tls.expiry());
         }
         let level = self.logs.level();
         if log.level != level {

@@ -25,6 +25,7 @@ use toml::de::{DeTable, DeValue};
 use crate::{
     cli::{Cli, ServeArgs},
     errors::{self, CliError},
+    tls_files::TlsFiles,
     values::{
         AccessLog, DEFAULT_ACCESS_LOG, DEFAULT_LOG_LEVEL, MetricsAddr, ProxyFrom, parse_access_log,
         parse_bind, parse_duration, parse_framing, parse_log_level, parse_metrics, parse_mode,
@@ -39,6 +40,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Where the Prometheus metrics are served; `None`: not at all.
     pub metrics: Option<SocketAddr>,
+    /// The certificate and key, when the server speaks TLS.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The two logs: the server log (level and optional file; always stderr too) and the access log.
@@ -124,6 +127,15 @@ impl Settings {
         c.proxy_from = m
             .pick("proxy_from", args.proxy_from.clone().map(|r| r.0), f.proxy_from.clone().map(|r| r.0))
             .or(c.proxy_from.take());
+        let tls_cert = m.pick("tls_cert", args.tls_cert.clone(), f.tls_cert.clone());
+        let tls_key = m.pick("tls_key", args.tls_key.clone(), f.tls_key.clone());
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles::load(&cert, &key)?),
+            (None, None) => None,
+            (Some(_), None) => return Err(CliError::Usage(one_of_pair("tls_cert", "tls_key"))),
+            (None, Some(_)) => return Err(CliError::Usage(one_of_pair("tls_key", "tls_cert"))),
+        };
+        config.tls = tls.as_ref().map(|files| files.config.clone());
         if let Err(e) = config.validate() {
             return Err(refused(e, m.origins, args.config.as_deref()));
         }
@@ -133,8 +145,17 @@ impl Settings {
             access: args.access_log.clone().or(f.access_log.clone()).unwrap_or(DEFAULT_ACCESS_LOG),
         };
         let metrics = args.metrics.or(f.metrics).and_then(|m| m.0);
-        Ok(Settings { config, log, metrics })
+        Ok(Settings { config, log, metrics, tls })
     }
+}
+
+/// TLS needs both files.
+fn one_of_pair(given: &str, missing: &str) -> String {
+    format!(
+        "{given} (--{}) is set but {missing} (--{}) is not: TLS needs both",
+        given.replace('_', "-"),
+        missing.replace('_', "-")
+    )
 }
 
 /// `Config::validate`'s refusal as the user reads it: the flag (and the variable behind it), or the file
@@ -199,6 +220,8 @@ pub const KEYS: &[&str] = &[
     "proxy_protocol",
     "proxy_from",
     "metrics",
+    "tls_cert",
+    "tls_key",
 ];
 
 /// A config file as read: its values, and the line of each key, for the messages about them.
@@ -236,6 +259,8 @@ struct FileConfig {
     proxy_protocol: Option<bool>,
     proxy_from: Option<ProxyFrom>,
     metrics: Option<MetricsAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -303,6 +328,8 @@ impl FileConfig {
             "proxy_protocol" => self.proxy_protocol = Some(switch(value)?),
             "proxy_from" => self.proxy_from = Some(ranges(value)?),
             "metrics" => self.metrics = Some(parse_metrics(text(value, "\"127.0.0.1:9180\" or \"off\"")?)?),
+            "tls_cert" => self.tls_cert = Some(text(value, "\"/etc/poolserver/cert.pem\"")?.into()),
+            "tls_key" => self.tls_key = Some(text(value, "\"/etc/poolserver/key.pem\"")?.into()),
             _ => return Err(format!("not a key; the keys are {}", KEYS.join(", "))),
         }
         Ok(())
@@ -512,7 +539,8 @@ mod tests {
              busy_reply = \"b\"\nmax_request = 5\nframing = \"line\"\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
              shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nmax_messages = 6\nmax_conversation = \"8s\"\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
-             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n",
+             proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
         )
         .unwrap();
         assert_eq!(file.lines.len(), KEYS.len());
@@ -524,7 +552,8 @@ mod tests {
              framing: Some(Line), read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
              idle_timeout: Some(4s), max_messages: Some(6), max_conversation: Some(8s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
-             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))) }"
+             proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))), \
+             tls_cert: Some(\"c.pem\"), tls_key: Some(\"k.pem\") }"
         );
     }
 

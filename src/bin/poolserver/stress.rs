@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::{
     cli::StressArgs,
     client::{Conversation, Exchange, Failure, FailureKind},
+    tls_client::TlsClient,
 };
 
 /// No run goes on longer than this, whatever it was asked.
@@ -112,6 +113,7 @@ impl Plan {
                 // A loaded server may be slow to close; only a whole timeout of silence after the reply
                 // counts as kept open.
                 quiet: args.timeout,
+                tls: TlsClient::from_args(&args.tls, args.addr)?,
             },
             clients: args.clients as usize,
             limit,
@@ -486,10 +488,11 @@ fn client_loop<'a>(
 /// One conversation of `messages` lockstep messages, then a clean close; cut short (and still closed
 /// cleanly) when the run's `deadline` comes first, so that a long conversation cannot overrun the run.
 fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally<'_>, reply: &mut Vec<u8>) {
-    let mut conversation = match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
-        Ok(conversation) => conversation,
-        Err(failure) => return tally.fail(failure),
-    };
+    let mut conversation =
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout, plan.exchange.tls.as_ref()) {
+            Ok(conversation) => conversation,
+            Err(failure) => return tally.fail(failure),
+        };
     for _ in 0..messages {
         if Instant::now() >= deadline {
             break;
@@ -506,10 +509,11 @@ fn converse(plan: &Plan, messages: u64, deadline: Instant, tally: &mut Tally<'_>
 /// message's send) as many more go out in one write. When the run's `deadline` comes, no more are sent and
 /// those in flight are waited for; then a clean close.
 fn converse_pipelined(plan: &Plan, deadline: Instant, tally: &mut Tally<'_>, inbox: &mut Vec<u8>) {
-    let mut conversation = match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
-        Ok(conversation) => conversation,
-        Err(failure) => return tally.fail(failure),
-    };
+    let mut conversation =
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout, plan.exchange.tls.as_ref()) {
+            Ok(conversation) => conversation,
+            Err(failure) => return tally.fail(failure),
+        };
     inbox.clear();
     let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(plan.pipeline as usize);
     let mut batch = Vec::new();
@@ -585,7 +589,7 @@ fn hold_conversations<'a>(
     let started = Instant::now();
     let mut held: VecDeque<(Instant, Conversation)> = VecDeque::with_capacity(share);
     for i in 0..share {
-        match Conversation::open(plan.exchange.addr, plan.exchange.timeout) {
+        match Conversation::open(plan.exchange.addr, plan.exchange.timeout, plan.exchange.tls.as_ref()) {
             Ok(conversation) => {
                 held.push_back((started + plan.interval.mul_f64(i as f64 / share as f64), conversation))
             }
@@ -697,6 +701,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 max_reply: 64,
                 quiet: Duration::from_secs(5),
+                tls: None,
             },
             clients: 1,
             limit,
