@@ -9,7 +9,13 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     net::TcpListener,
-    os::unix::ffi::{OsStrExt, OsStringExt},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            fs::OpenOptionsExt,
+        },
+    },
     path::Path,
     process::Command,
     thread,
@@ -74,17 +80,22 @@ fn a_log_file_that_is_a_fifo_never_hangs_startup() {
     let path = fifo.to_str().unwrap();
     rejected(&["serve", "--log-file", path], &[], &[path, "a FIFO (named pipe) that nothing reads yet"]);
 
-    // With a reader, a FIFO is a fine log: the lines arrive there.
-    let reading = fifo.clone();
+    // With a reader, a FIFO is a fine log: the lines arrive there. The reader is open before the server
+    // starts (a non-blocking open needs no writer; it is made blocking after), and a writer of the test's
+    // own keeps it from reading end-of-file before the server has opened its end.
+    let reading = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let keep_open = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    // SAFETY: fcntl on a descriptor the File owns for the whole call; no pointers.
+    let rc = unsafe { libc::fcntl(reading.as_raw_fd(), libc::F_SETFL, 0) };
+    assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
     let reader = thread::spawn(move || {
-        let lines = BufReader::new(fs::File::open(&reading).expect("open the FIFO for reading")).lines();
+        let lines = BufReader::new(reading).lines();
         lines.map_while(Result::ok).find(|line| line.contains("listening on"))
     });
-    // The reader's open() returns once the server has opened the FIFO for writing.
     let server = support::Server::start(&["--bind", "127.0.0.1:0", "--log-file", path]);
     // The line reaches the FIFO from the log's writer thread, a moment after stderr: wait for it first.
     let seen = support::spawn(move || reader.join()).join(WAIT).expect("reader thread");
-    drop(server);
+    drop((server, keep_open));
     assert!(seen.is_some(), "no 'listening on' line reached the FIFO");
 }
 

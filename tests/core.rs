@@ -207,9 +207,13 @@ fn sigterm_with_only_idle_conversations_exits_at_once_and_a_message_in_the_grace
 
 #[test]
 fn one_slow_handler_holds_one_worker_not_the_other_conversations() {
+    const SLOW_HANDLER: Duration = Duration::from_secs(1);
+    // Issue 18 names a 400 ms handler and a 300 ms bound; on a loaded 2-core box that window is too tight
+    // for scheduling noise, so the handler is slower and the bound wider: a conversation stuck behind it
+    // would still wait up to a second, and a healthy one waits milliseconds.
     let handler = |message: &Message<'_>| {
         if message.bytes() == b"slow" {
-            thread::sleep(Duration::from_millis(400));
+            thread::sleep(SLOW_HANDLER);
         }
         message.bytes().to_vec()
     };
@@ -222,7 +226,7 @@ fn one_slow_handler_holds_one_worker_not_the_other_conversations() {
     let done = Arc::clone(&slow_done);
     let slow = thread::spawn(move || {
         let mut stream = connect(addr);
-        for _ in 0..5 {
+        for _ in 0..3 {
             stream.write_all(b"slow").unwrap();
             let mut reply = [0; 4];
             stream.read_exact(&mut reply).unwrap();
@@ -250,8 +254,8 @@ fn one_slow_handler_holds_one_worker_not_the_other_conversations() {
         .collect();
     let worst = others.into_iter().map(|t| t.join().unwrap()).max().unwrap();
     slow.join().unwrap();
-    // A conversation stuck behind the slow handler would wait its 400 ms.
-    assert!(worst < Duration::from_millis(300), "a conversation waited {worst:?}");
+    // A conversation stuck behind the slow handler would wait for what is left of its second.
+    assert!(worst < SLOW_HANDLER / 2, "a conversation waited {worst:?}");
     running.stop().0.expect("a clean stop");
 }
 
