@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
 # Measures what a stop costs clients: starts `poolserver serve` on a free loopback port, loads it with
 # `poolserver stress`, stops it with SIGTERM or SIGINT (in turn) a few hundred milliseconds in, and counts the
-# clients that got a reset. Repeats N times and prints the totals and how long each stop took to close its
+# clients that got a reset (with --keep-alive, conversations of 100 messages each). Repeats N times and prints the totals and how long each stop took to close its
 # listener. Exits non-zero if any client was reset. Every run is bounded in time.
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-usage: scripts/stops.sh [--bin PATH] [--stops N] [--clients C]
+usage: scripts/stops.sh [--bin PATH] [--stops N] [--clients C] [--keep-alive]
 
   --bin PATH     the poolserver binary to use instead of building target/release/poolserver
   --stops N      how many stops (default 30)
   --clients C    stress clients during each stop (default 64)
+  --keep-alive   the server holds conversations and each client sends 100 messages a connection
   -h, --help     this text
 USAGE
 }
 
-bin="" stops=30 clients=64
+bin="" stops=30 clients=64 serve_mode=() stress_mode=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin="$2"; shift 2 ;;
         --stops) stops="$2"; shift 2 ;;
         --clients) clients="$2"; shift 2 ;;
+        --keep-alive) serve_mode=(--keep-alive); stress_mode=(--messages 100); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "stops.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
     esac
@@ -45,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 
 for i in $(seq 1 "$stops"); do
-    "$bin" serve --bind 127.0.0.1:0 --access-log off 2>"$work/server$i.log" &
+    "$bin" serve --bind 127.0.0.1:0 --access-log off "${serve_mode[@]}" 2>"$work/server$i.log" &
     server_pid=$!
     addr=""
     for _ in $(seq 100); do
@@ -59,7 +61,7 @@ for i in $(seq 1 "$stops"); do
         cat "$work/server$i.log" >&2
         exit 1
     fi
-    "$bin" stress --addr "$addr" --clients "$clients" --duration 2500ms --json >"$work/run$i.json" &
+    "$bin" stress --addr "$addr" --clients "$clients" --duration 2500ms "${stress_mode[@]}" --json >"$work/run$i.json" &
     stress_pid=$!
     # Load shaping, not synchronisation: each stop comes at a different moment of the run.
     sleep "0.$((RANDOM % 7 + 3))"

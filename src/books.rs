@@ -19,11 +19,11 @@ pub(crate) type Tag = u32;
 /// What a held connection waits for, as far as the stop is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
-    /// Its first or next message: the stop gives it a short grace, then closes it.
-    Message,
-    /// Something already under way (the rest of a reply, the client's leftover input): the stop leaves it
-    /// its own deadline.
-    Work,
+    /// Input from its client: its first or next message, or what is left of its input after our FIN. The
+    /// stop gives it a short grace, then closes it.
+    Input,
+    /// Room to write the rest of a reply: the stop leaves it its own deadline.
+    Output,
 }
 
 /// Why a connection's wait ended without its client.
@@ -109,7 +109,7 @@ impl<T> Books<T> {
         now: Instant,
     ) -> Result<(), Early<T>> {
         let (deadline, cut_by_stop) = match self.grace {
-            Some(grace) if wait == Wait::Message && now + grace < deadline => (now + grace, true),
+            Some(grace) if wait == Wait::Input && now + grace < deadline => (now + grace, true),
             _ => (deadline, false),
         };
         if self.slots.len() <= key {
@@ -189,7 +189,7 @@ impl<T> Books<T> {
         let grace_end = now + grace;
         for (key, slot) in self.slots.iter_mut().enumerate() {
             let Some(held) = slot.held.as_mut() else { continue };
-            if held.wait == Wait::Message && grace_end < held.deadline {
+            if held.wait == Wait::Input && grace_end < held.deadline {
                 held.deadline = grace_end;
                 held.cut_by_stop = true;
                 slot.timer = Some((held.id, grace_end));
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn a_held_connection_is_taken_once_by_its_own_readiness() {
         let (t0, mut books) = (Instant::now(), Books::default());
-        books.hold(7, 1, "a", t0 + secs(5), Wait::Message, t0).unwrap();
+        books.hold(7, 1, "a", t0 + secs(5), Wait::Input, t0).unwrap();
         assert_eq!(books.len(), 1);
         assert_eq!(books.take(7, 2, false), None, "another connection's readiness");
         assert_eq!(books.take(8, 1, false), None, "another descriptor");
@@ -241,14 +241,14 @@ mod tests {
         let (t0, mut books) = (Instant::now(), Books::default());
         assert_eq!(books.take(7, 1, false), None, "armed, not in the books yet");
         assert_eq!(
-            books.hold(7, 1, "early", t0 + secs(5), Wait::Message, t0),
+            books.hold(7, 1, "early", t0 + secs(5), Wait::Input, t0),
             Err(Early { item: "early", hung_up: false })
         );
         assert_eq!(books.len(), 0);
         // Kept for that connection only, and only once.
         assert_eq!(books.take(7, 2, false), None);
-        assert_eq!(books.hold(7, 3, "later", t0 + secs(5), Wait::Message, t0), Ok(()));
-        assert_eq!(books.hold(8, 2, "elsewhere", t0 + secs(5), Wait::Message, t0), Ok(()));
+        assert_eq!(books.hold(7, 3, "later", t0 + secs(5), Wait::Input, t0), Ok(()));
+        assert_eq!(books.hold(8, 2, "elsewhere", t0 + secs(5), Wait::Input, t0), Ok(()));
         assert_eq!(books.len(), 2);
         assert!(books.expire(t0 + secs(5)).len() == 2, "both held until their deadline");
     }
@@ -256,18 +256,18 @@ mod tests {
     #[test]
     fn a_hang_up_reported_while_the_connection_is_away_comes_back_with_it() {
         let (t0, mut books) = (Instant::now(), Books::default());
-        books.hold(7, 1, "conn", t0 + secs(5), Wait::Message, t0).unwrap();
+        books.hold(7, 1, "conn", t0 + secs(5), Wait::Input, t0).unwrap();
         assert_eq!(books.take(7, 1, false), Some("conn"), "its message");
         // While a worker reads it: the FIN, then a later readiness without it; the FIN is not forgotten.
         assert_eq!(books.take(7, 1, true), None);
         assert_eq!(books.take(7, 1, false), None);
-        let back = books.hold(7, 1, "conn", t0 + secs(5), Wait::Message, t0);
+        let back = books.hold(7, 1, "conn", t0 + secs(5), Wait::Input, t0);
         assert_eq!(back, Err(Early { item: "conn", hung_up: true }));
         // A later connection on the descriptor does not inherit it.
         assert_eq!(books.take(7, 1, true), None);
         assert_eq!(books.take(7, 2, false), None);
         assert_eq!(
-            books.hold(7, 2, "next", t0 + secs(5), Wait::Message, t0),
+            books.hold(7, 2, "next", t0 + secs(5), Wait::Input, t0),
             Err(Early { item: "next", hung_up: false })
         );
     }
@@ -276,8 +276,8 @@ mod tests {
     fn a_deadline_expires_the_connection_and_nothing_else() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(3, 1, "early", t0 + secs(1), Wait::Message, t0).unwrap();
-        books.hold(4, 2, "late", t0 + secs(9), Wait::Work, t0).unwrap();
+        books.hold(3, 1, "early", t0 + secs(1), Wait::Input, t0).unwrap();
+        books.hold(4, 2, "late", t0 + secs(9), Wait::Output, t0).unwrap();
         assert!(books.expire(t0).is_empty());
         assert_eq!(books.expire(t0 + secs(1)), vec![("early", Expiry::Deadline)]);
         assert_eq!(books.len(), 1);
@@ -291,10 +291,10 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         for n in 0..1000 {
-            books.hold(5, 1, "talker", t0 + secs(60) + Duration::from_millis(n), Wait::Message, t0).unwrap();
+            books.hold(5, 1, "talker", t0 + secs(60) + Duration::from_millis(n), Wait::Input, t0).unwrap();
             assert_eq!(books.take(5, 1, false), Some("talker"));
         }
-        books.hold(5, 1, "talker", t0 + secs(61), Wait::Message, t0).unwrap();
+        books.hold(5, 1, "talker", t0 + secs(61), Wait::Input, t0).unwrap();
         assert_eq!(books.timers.len(), 1);
         // The first entry fires, finds a later deadline, and re-queues itself for it.
         assert!(books.expire(t0 + secs(60)).is_empty());
@@ -306,9 +306,9 @@ mod tests {
     fn an_earlier_deadline_gets_its_own_entry() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(5, 1, "conn", t0 + secs(60), Wait::Message, t0).unwrap();
+        books.hold(5, 1, "conn", t0 + secs(60), Wait::Input, t0).unwrap();
         assert_eq!(books.take(5, 1, false), Some("conn"));
-        books.hold(5, 1, "conn", t0 + secs(2), Wait::Work, t0).unwrap();
+        books.hold(5, 1, "conn", t0 + secs(2), Wait::Output, t0).unwrap();
         assert_eq!(books.expire(t0 + secs(2)), vec![("conn", Expiry::Deadline)]);
         assert!(books.expire(t0 + secs(60)).is_empty(), "the stale entry expires nothing");
     }
@@ -317,10 +317,10 @@ mod tests {
     fn a_timer_that_fires_while_its_connection_is_away_is_renewed_when_it_returns() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(5, 1, "conn", t0 + secs(1), Wait::Message, t0).unwrap();
+        books.hold(5, 1, "conn", t0 + secs(1), Wait::Input, t0).unwrap();
         assert_eq!(books.take(5, 1, false), Some("conn"));
         assert!(books.expire(t0 + secs(1)).is_empty(), "away on a worker");
-        books.hold(5, 1, "conn", t0 + secs(3), Wait::Message, t0).unwrap();
+        books.hold(5, 1, "conn", t0 + secs(3), Wait::Input, t0).unwrap();
         assert!(books.expire(t0 + secs(2)).is_empty());
         assert_eq!(books.expire(t0 + secs(3)), vec![("conn", Expiry::Deadline)]);
     }
@@ -329,10 +329,10 @@ mod tests {
     fn a_later_connection_on_the_same_descriptor_is_not_touched_by_the_earlier_ones_timer_or_readiness() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(5, 1, "first", t0 + secs(1), Wait::Message, t0).unwrap();
+        books.hold(5, 1, "first", t0 + secs(1), Wait::Input, t0).unwrap();
         assert_eq!(books.take(5, 1, false), Some("first"));
         // The first closed; the descriptor is reused by connection 2, with a later deadline.
-        books.hold(5, 2, "second", t0 + secs(10), Wait::Message, t0).unwrap();
+        books.hold(5, 2, "second", t0 + secs(10), Wait::Input, t0).unwrap();
         assert_eq!(books.take(5, 1, false), None, "a late readiness of the first");
         assert!(books.expire(t0 + secs(1)).is_empty(), "the first's timer");
         assert_eq!(books.len(), 1);
@@ -343,12 +343,12 @@ mod tests {
     fn the_stop_gives_waiting_for_a_message_a_grace_and_leaves_work_its_own_deadline() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(1, 1, "silent", t0 + secs(60), Wait::Message, t0).unwrap();
-        books.hold(2, 2, "nearly due", t0 + secs(1), Wait::Message, t0).unwrap();
-        books.hold(3, 3, "writing", t0 + secs(30), Wait::Work, t0).unwrap();
+        books.hold(1, 1, "silent", t0 + secs(60), Wait::Input, t0).unwrap();
+        books.hold(2, 2, "nearly due", t0 + secs(1), Wait::Input, t0).unwrap();
+        books.hold(3, 3, "writing", t0 + secs(30), Wait::Output, t0).unwrap();
         books.begin_stop(t0, secs(2));
         // Taken in during the stop: its grace counts from then.
-        books.hold(4, 4, "held during the stop", t0 + secs(60), Wait::Message, t0 + secs(1)).unwrap();
+        books.hold(4, 4, "held during the stop", t0 + secs(60), Wait::Input, t0 + secs(1)).unwrap();
         assert_eq!(books.expire(t0 + secs(1)), vec![("nearly due", Expiry::Deadline)]);
         assert_eq!(books.expire(t0 + secs(2)), vec![("silent", Expiry::Stop)]);
         assert_eq!(books.expire(t0 + secs(3)), vec![("held during the stop", Expiry::Stop)]);
@@ -360,7 +360,7 @@ mod tests {
     fn a_message_that_arrives_in_the_grace_is_taken_as_usual() {
         let t0 = Instant::now();
         let mut books = Books::default();
-        books.hold(1, 1, "idle", t0 + secs(60), Wait::Message, t0).unwrap();
+        books.hold(1, 1, "idle", t0 + secs(60), Wait::Input, t0).unwrap();
         books.begin_stop(t0, secs(1));
         assert_eq!(books.take(1, 1, false), Some("idle"));
         assert!(books.expire(t0 + secs(1)).is_empty());
@@ -371,11 +371,11 @@ mod tests {
         let t0 = Instant::now();
         let mut books = Books::default();
         assert_eq!(books.timer_change(), None, "off, and off already");
-        books.hold(1, 1, "a", t0 + secs(5), Wait::Message, t0).unwrap();
+        books.hold(1, 1, "a", t0 + secs(5), Wait::Input, t0).unwrap();
         assert_eq!(books.timer_change(), Some(Some(t0 + secs(5))));
-        books.hold(2, 2, "b", t0 + secs(9), Wait::Message, t0).unwrap();
+        books.hold(2, 2, "b", t0 + secs(9), Wait::Input, t0).unwrap();
         assert_eq!(books.timer_change(), None, "a later deadline changes nothing");
-        books.hold(3, 3, "c", t0 + secs(1), Wait::Message, t0).unwrap();
+        books.hold(3, 3, "c", t0 + secs(1), Wait::Input, t0).unwrap();
         assert_eq!(books.timer_change(), Some(Some(t0 + secs(1))));
         books.timer_rang();
         assert_eq!(books.expire(t0), vec![], "rang early: nothing due yet");

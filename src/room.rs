@@ -26,7 +26,7 @@ use rustix::event::epoll::Event;
 use crate::{
     books::{Books, Early, Expiry, Tag, Wait},
     conn::{Conn, Waiting},
-    poller::{Poller, Ready},
+    poller::{Interest, Poller, Ready},
     stats::Gauges,
 };
 
@@ -69,7 +69,7 @@ impl Room {
             return Some(waiting.conn);
         }
         let (tag, interest, deadline) = (waiting.conn.id() as Tag, waiting.interest, waiting.deadline);
-        let wait = if waiting.conn.waits_for_message() { Wait::Message } else { Wait::Work };
+        let wait = if waiting.interest == Interest::Readable { Wait::Input } else { Wait::Output };
         let key = waiting.conn.stream().as_raw_fd() as usize;
         // Armed before it is in the books, outside the lock: readiness that comes in between is kept in
         // the books for it (see `Books::take`).
