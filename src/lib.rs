@@ -52,6 +52,7 @@ mod handler;
 mod idle;
 mod limits;
 mod listener;
+mod log_gate;
 mod monitor;
 mod poller;
 mod pool;

@@ -16,14 +16,16 @@
 use std::{
     io::{self, Read},
     net::{SocketAddr, TcpStream},
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use log::warn;
 use ppp::{PartialResult, v1, v2};
 
-use crate::cidr::{self, Cidr};
+use crate::{
+    cidr::{self, Cidr},
+    log_gate::LogGate,
+};
 
 /// The longest header we accept. v1 is at most 107 bytes; HAProxy's v2 headers are 28 (IPv4) or 52 (IPv6)
 /// bytes plus any TLVs it was told to add.
@@ -162,14 +164,9 @@ pub(crate) fn read_header(
     }
 }
 
-/// Refusals logged at most once per `REFUSAL_LOG_EVERY` for each address family.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
-
-/// For one address family: when a refusal was last logged, and how many were not logged since.
-struct RefusalLog(Mutex<(Option<Instant>, u64)>);
-
-static REFUSED_V4: RefusalLog = RefusalLog(Mutex::new((None, 0)));
-static REFUSED_V6: RefusalLog = RefusalLog(Mutex::new((None, 0)));
+/// Refusals logged at most once a second for each address family.
+static REFUSED_V4: LogGate = LogGate::new();
+static REFUSED_V6: LogGate = LogGate::new();
 
 fn log_refusal(peer: SocketAddr) {
     let family = if peer.ip().to_canonical().is_ipv4() { &REFUSED_V4 } else { &REFUSED_V6 };
@@ -179,20 +176,6 @@ fn log_refusal(peer: SocketAddr) {
             n => format!(" ({n} more from peers of its address family since the last line)"),
         };
         warn!(target: "access", "{peer}: PROXY header refused: the peer is not in proxy_from; closed{more}");
-    }
-}
-
-impl RefusalLog {
-    /// `Some(refusals not logged since the last line)` when this one is to be logged.
-    fn due(&self, now: Instant) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last, unlogged) = &mut *state;
-        if last.is_some_and(|last| now < last + REFUSAL_LOG_EVERY) {
-            *unlogged += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(unlogged))
     }
 }
 
@@ -289,17 +272,6 @@ mod tests {
         let mut short_addresses = V2_SIGNATURE.to_vec();
         short_addresses.extend_from_slice(&[0x21, 0x11, 0x00, 0x04, 1, 2, 3, 4]);
         invalid(&short_addresses, "malformed PROXY v2");
-    }
-
-    #[test]
-    fn refusals_are_logged_once_a_second_with_the_count_between() {
-        let log = RefusalLog(Mutex::new((None, 0)));
-        let start = Instant::now();
-        assert_eq!(log.due(start), Some(0));
-        assert_eq!(log.due(start + Duration::from_millis(10)), None);
-        assert_eq!(log.due(start + Duration::from_millis(999)), None);
-        assert_eq!(log.due(start + REFUSAL_LOG_EVERY), Some(2));
-        assert_eq!(log.due(start + REFUSAL_LOG_EVERY * 3), Some(0));
     }
 
     mod properties {

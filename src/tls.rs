@@ -12,8 +12,8 @@ use std::{
     fmt,
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Instant,
 };
 
 use log::warn;
@@ -23,7 +23,7 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
-use crate::{config::Config, error::Error, poller::Interest};
+use crate::{config::Config, error::Error, log_gate::LogGate, poller::Interest};
 
 /// The certificate chain and key a TLS server presents, with rustls' defaults (TLS 1.2 and 1.3, no client
 /// certificates). Made from PEM, or from a `rustls::ServerConfig` taken as it is.
@@ -263,17 +263,11 @@ impl Session {
     }
 }
 
-/// Failed handshakes logged at most once per `FAILURE_LOG_EVERY` for each kind, so a port scan or a
-/// flood of plain-text clients cannot flood the log.
-const FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
-
-/// For one kind of failure: when one was last logged, and how many were not logged since.
-struct FailureLog(Mutex<(Option<Instant>, u64)>);
-
-static NOT_TLS: FailureLog = FailureLog(Mutex::new((None, 0)));
-static INCOMPATIBLE: FailureLog = FailureLog(Mutex::new((None, 0)));
-static ALERTED: FailureLog = FailureLog(Mutex::new((None, 0)));
-static OTHER: FailureLog = FailureLog(Mutex::new((None, 0)));
+/// Failed handshakes logged at most once a second for each kind (see `log_gate`).
+static NOT_TLS: LogGate = LogGate::new();
+static INCOMPATIBLE: LogGate = LogGate::new();
+static ALERTED: LogGate = LogGate::new();
+static OTHER: LogGate = LogGate::new();
 
 /// Logs a failed handshake, unless one of its kind was logged within the last second.
 pub(crate) fn log_failure(peer: SocketAddr, error: &rustls::Error) {
@@ -291,20 +285,6 @@ pub(crate) fn log_failure(peer: SocketAddr, error: &rustls::Error) {
             n => format!(" ({n} more of this kind since the last line)"),
         };
         warn!(target: "access", "{peer} {what}: {error}; closed{more}");
-    }
-}
-
-impl FailureLog {
-    /// `Some(failures not logged since the last line)` when this one is to be logged.
-    fn due(&self, now: Instant) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last, unlogged) = &mut *state;
-        if last.is_some_and(|last| now < last + FAILURE_LOG_EVERY) {
-            *unlogged += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(unlogged))
     }
 }
 

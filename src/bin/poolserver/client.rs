@@ -415,7 +415,7 @@ fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
     let tls = TlsClient::from_args(&args.tls, args.addr)?;
     let mut conversation = Conversation::open(args.addr, args.timeout, tls.as_ref()).map_err(|f| f.detail)?;
     let mut reply = Vec::new();
-    let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
+    for_each_message(&args.message, input, |message| {
         reply.clear();
         conversation.ask_once(message, &mut reply).map_err(|f| match f.kind {
             FailureKind::CutShort => format!("{}; send without --keep-alive", f.detail),
@@ -425,23 +425,7 @@ fn converse(args: &SendArgs, input: &mut impl BufRead, output: &mut impl Write) 
             .write_all(&reply)
             .and_then(|()| output.flush())
             .map_err(|e| format!("cannot write the reply: {e}"))
-    };
-    if args.message == "-" {
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = input
-                .take(SEND_LIMIT as u64)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("cannot read a message from standard input: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            say(&line, output)?;
-        }
-    } else {
-        say(args.message.as_bytes(), output)?;
-    }
+    })?;
     let rest = conversation.close().map_err(|f| f.detail)?;
     output.write_all(&rest).and_then(|()| output.flush()).map_err(|e| format!("cannot write the reply: {e}"))
 }
@@ -459,7 +443,9 @@ fn converse_framed(
     let tls = TlsClient::from_args(&args.tls, args.addr)?;
     let mut conversation = Conversation::open(args.addr, args.timeout, tls.as_ref()).map_err(|f| f.detail)?;
     let mut reply = Vec::new();
-    let mut say = |message: &[u8], output: &mut dyn Write| -> Result<(), String> {
+    for_each_message(&args.message, input, |message| {
+        let message = message.strip_suffix(b"\n").unwrap_or(message);
+        let message = message.strip_suffix(b"\r").unwrap_or(message);
         conversation.ask_framed(framing, message, SEND_LIMIT, &mut reply).map_err(|f| match f.kind {
             FailureKind::CutShort => format!("{}; give one message per connection", f.detail),
             _ => f.detail,
@@ -469,27 +455,35 @@ fn converse_framed(
             .and_then(|()| output.write_all(b"\n"))
             .and_then(|()| output.flush())
             .map_err(|e| format!("cannot write the reply: {e}"))
-    };
-    if args.message == "-" {
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = input
-                .take(SEND_LIMIT as u64)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("cannot read a message from standard input: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            let message = line.strip_suffix(b"\n").unwrap_or(&line);
-            say(message.strip_suffix(b"\r").unwrap_or(message), output)?;
-        }
-    } else {
-        say(args.message.as_bytes(), output)?;
-    }
+    })?;
     // A one-shot server closes after its reply: that is no error here.
     let _ = conversation.close();
     Ok(())
+}
+
+/// The messages `send` was given, one by one to `say`: `message`, or when it is `-`, each line of `input`
+/// as it is read (its line end kept, at most `SEND_LIMIT` bytes), so that a reply comes before the next
+/// line is typed.
+fn for_each_message(
+    message: &str,
+    input: &mut impl BufRead,
+    mut say: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    if message != "-" {
+        return say(message.as_bytes());
+    }
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = input
+            .take(SEND_LIMIT as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read a message from standard input: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        say(&line)?;
+    }
 }
 
 /// Whether a socket read or write ran out of time (a timeout shows as `WouldBlock` on Linux).
