@@ -38,7 +38,7 @@ use crate::{
     books::Expiry,
     config::Framing,
     framing::{self, Decoded, TooLong},
-    handler::{Message, State},
+    handler::{Message, Reply, State},
     limits::Quota,
     poller::{Interest, Registration},
     preview::Preview,
@@ -557,11 +557,7 @@ fn client_closed(conn: Conn) -> Step {
 /// Answers one message: the handler's reply, written as far as the socket takes it now.
 fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step {
     let started = Instant::now();
-    conn.messages += 1;
-    let reply = {
-        let message = Message::new(message, conn.client(), conn.peer, conn.messages);
-        service.protocol.reply(&message, &mut conn.state)
-    };
+    let reply = reply_to(&mut conn, service, message);
     let filled = message.len() == max;
     let may_send_more = message.len() >= LINGER_FROM || filled;
     let written = match conn.write_some(&reply.bytes) {
@@ -728,17 +724,26 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
 /// replies (the access log line is written now). Returns whether the conversation goes on after it.
 fn answer_framed(conn: &mut Conn, service: &Service, message: &[u8], out: &mut Vec<u8>) -> bool {
     let started = Instant::now();
-    conn.messages += 1;
-    let reply = {
-        let message = Message::new(message, conn.client(), conn.peer, conn.messages);
-        service.protocol.reply(&message, &mut conn.state)
-    };
+    let reply = reply_to(conn, service, message);
     let before = out.len();
     conn.framing.encode(&reply.bytes, out);
     log_answer(conn, service.keep_alive, message.len(), &Preview(message), out.len() - before, started);
     service.stats.answered(started.elapsed());
     conn.phase = Phase::Idle(started);
-    if !service.keep_alive || reply.close || service.is_stopping() {
+    goes_on(conn, service, reply.close)
+}
+
+/// Calls the handler with one message of the conversation, counted: its reply.
+fn reply_to<'a>(conn: &mut Conn, service: &'a Service, message: &'a [u8]) -> Reply<'a> {
+    conn.messages += 1;
+    let message = Message::new(message, conn.client(), conn.peer, conn.messages);
+    service.protocol.reply(&message, &mut conn.state)
+}
+
+/// Whether the conversation goes on after a reply: with keep-alive, unless the handler ended it
+/// (`handler_closed`), the server is stopping, or a cap is reached (which the access log says).
+fn goes_on(conn: &Conn, service: &Service, handler_closed: bool) -> bool {
+    if !service.keep_alive || handler_closed || service.is_stopping() {
         return false;
     }
     match cap_reached(conn, service) {
@@ -814,14 +819,9 @@ struct After {
 /// The whole reply is out: the conversation goes on, or the connection closes.
 fn replied(mut conn: Conn, service: &Service, after: After, started: Instant) -> Step {
     service.stats.answered(started.elapsed());
-    if service.keep_alive && !after.close && !service.is_stopping() {
-        match cap_reached(&conn, service) {
-            Some(cap) => info!(target: "access", "{conn} ended after {cap}"),
-            None => {
-                conn.phase = Phase::Idle(Instant::now());
-                return conn.wait(Interest::Readable, service);
-            }
-        }
+    if goes_on(&conn, service, after.close) {
+        conn.phase = Phase::Idle(Instant::now());
+        return conn.wait(Interest::Readable, service);
     }
     conn.tally.end(Ending::Served);
     close_gracefully(conn, service, after.may_send_more)

@@ -31,6 +31,15 @@ impl LogGate {
     }
 }
 
+/// What a logged line adds for the `unlogged` events before it: nothing, or " (N more GROUP since the last
+/// line)", where `group` says which events the gate counts.
+pub(crate) fn since_last_line(unlogged: u64, group: &str) -> String {
+    match unlogged {
+        0 => String::new(),
+        n => format!(" ({n} more {group} since the last line)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +53,7 @@ mod tests {
         assert_eq!(gate.due(start + Duration::from_millis(999)), None);
         assert_eq!(gate.due(start + LOG_EVERY), Some(2));
         assert_eq!(gate.due(start + LOG_EVERY * 3), Some(0));
+        assert_eq!(since_last_line(0, "of this kind"), "");
+        assert_eq!(since_last_line(2, "of this kind"), " (2 more of this kind since the last line)");
     }
 }

@@ -24,7 +24,7 @@ use ppp::{PartialResult, v1, v2};
 
 use crate::{
     cidr::{self, Cidr},
-    log_gate::LogGate,
+    log_gate::{LogGate, since_last_line},
 };
 
 /// The longest header we accept. v1 is at most 107 bytes; HAProxy's v2 headers are 28 (IPv4) or 52 (IPv6)
@@ -171,10 +171,7 @@ static REFUSED_V6: LogGate = LogGate::new();
 fn log_refusal(peer: SocketAddr) {
     let family = if peer.ip().to_canonical().is_ipv4() { &REFUSED_V4 } else { &REFUSED_V6 };
     if let Some(unlogged) = family.due(Instant::now()) {
-        let more = match unlogged {
-            0 => String::new(),
-            n => format!(" ({n} more from peers of its address family since the last line)"),
-        };
+        let more = since_last_line(unlogged, "from peers of its address family");
         warn!(target: "access", "{peer}: PROXY header refused: the peer is not in proxy_from; closed{more}");
     }
 }

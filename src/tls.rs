@@ -23,7 +23,12 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
-use crate::{config::Config, error::Error, log_gate::LogGate, poller::Interest};
+use crate::{
+    config::Config,
+    error::Error,
+    log_gate::{LogGate, since_last_line},
+    poller::Interest,
+};
 
 /// The certificate chain and key a TLS server presents, with rustls' defaults (TLS 1.2 and 1.3, no client
 /// certificates). Made from PEM, or from a `rustls::ServerConfig` taken as it is.
@@ -280,10 +285,7 @@ pub(crate) fn log_failure(peer: SocketAddr, error: &rustls::Error) {
         _ => (&OTHER, "failed the TLS handshake"),
     };
     if let Some(unlogged) = kind.due(Instant::now()) {
-        let more = match unlogged {
-            0 => String::new(),
-            n => format!(" ({n} more of this kind since the last line)"),
-        };
+        let more = since_last_line(unlogged, "of this kind");
         warn!(target: "access", "{peer} {what}: {error}; closed{more}");
     }
 }
