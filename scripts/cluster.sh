@@ -143,7 +143,7 @@ machine_ns="$name-host"
 # The two pools every host runs: HAProxy backend name, poolserver port on the host, extra serve options.
 pools=(oneshot conversations)
 declare -A pool_port=([oneshot]=8001 [conversations]=8002)
-declare -A pool_args=([oneshot]="" [conversations]="--keep-alive")
+declare -A pool_args=([oneshot]="" [conversations]="--keep-alive --log-each-message")
 
 host_ns() { echo "$name-h$1"; }
 host_addr() { echo "198.18.0.$((10 + $1))"; }

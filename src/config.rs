@@ -171,6 +171,10 @@ pub struct Config {
     /// With `keep_alive`: how long one conversation may last, counted from when it was accepted; the first
     /// reply after it is followed by a close (a FIN), and the connection counts as served.
     pub max_conversation: Duration,
+    /// With `keep_alive`: an access line for every message answered, besides the one for the conversation
+    /// as a whole. Off, a conversation is one line however many messages it holds, as a one-shot connection
+    /// is: the log grows with connections, not with what each client sends.
+    pub log_each_message: bool,
     /// SO_REUSEPORT on the listener, so several processes can serve one port.
     pub reuse_port: bool,
     /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer.
@@ -212,6 +216,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_messages: DEFAULT_MAX_MESSAGES,
             max_conversation: DEFAULT_MAX_CONVERSATION,
+            log_each_message: false,
             reuse_port: false,
             proxy_protocol: false,
             proxy_from: None,

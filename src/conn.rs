@@ -565,7 +565,7 @@ fn answer(mut conn: Conn, service: &Service, message: &[u8], max: usize) -> Step
         Err(e) => return failed(conn, "writing the reply", &e),
     };
     if written == reply.bytes.len() && conn.is_flushed() {
-        log_answer(&conn, service.keep_alive, message.len(), &Preview(message), reply.bytes.len(), started);
+        log_answer(&conn, service, message.len(), &Preview(message), reply.bytes.len(), started);
         return replied(conn, service, After { close: reply.close, may_send_more }, started);
     }
     // The send buffer is full: room to write comes as an event.
@@ -721,13 +721,13 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
 }
 
 /// Answers one framed message: the handler's reply, framed, goes to `out`, written with the turn's other
-/// replies (the access log line is written now). Returns whether the conversation goes on after it.
+/// replies (the access line, when each message has one, is written now). Returns whether the conversation goes on after it.
 fn answer_framed(conn: &mut Conn, service: &Service, message: &[u8], out: &mut Vec<u8>) -> bool {
     let started = Instant::now();
     let reply = reply_to(conn, service, message);
     let before = out.len();
     conn.framing.encode(&reply.bytes, out);
-    log_answer(conn, service.keep_alive, message.len(), &Preview(message), out.len() - before, started);
+    log_answer(conn, service, message.len(), &Preview(message), out.len() - before, started);
     service.stats.answered(started.elapsed());
     conn.phase = Phase::Idle(started);
     goes_on(conn, service, reply.close)
@@ -741,18 +741,23 @@ fn reply_to<'a>(conn: &mut Conn, service: &'a Service, message: &'a [u8]) -> Rep
 }
 
 /// Whether the conversation goes on after a reply: with keep-alive, unless the handler ended it
-/// (`handler_closed`), the server is stopping, or a cap is reached (which the access log says).
+/// (`handler_closed`), the server is stopping, or a cap is reached. An ending here is the conversation's
+/// access line, as the client's goodbye or a timeout is elsewhere.
 fn goes_on(conn: &Conn, service: &Service, handler_closed: bool) -> bool {
-    if !service.keep_alive || handler_closed || service.is_stopping() {
+    if !service.keep_alive {
         return false;
     }
-    match cap_reached(conn, service) {
-        Some(cap) => {
-            info!(target: "access", "{conn} ended after {cap}");
-            false
-        }
-        None => true,
+    let (messages, age) = (conn.messages, conn.accepted.elapsed());
+    if handler_closed {
+        info!(target: "access", "{conn} ended by the handler after {messages} messages, {age:.1?}");
+    } else if service.is_stopping() {
+        info!(target: "access", "{conn} ended at the stop after {messages} messages, {age:.1?}");
+    } else if let Some(cap) = cap_reached(conn, service) {
+        info!(target: "access", "{conn} ended after {cap}");
+    } else {
+        return true;
     }
+    false
 }
 
 /// After a framed turn whose replies are out: a complete message kept goes back to the queue at once (a
@@ -787,19 +792,19 @@ impl Conn {
 /// The access log line for one answered message.
 fn log_answer(
     conn: &Conn,
-    keep_alive: bool,
+    service: &Service,
     message_len: usize,
     preview: &dyn fmt::Display,
     reply_len: usize,
     started: Instant,
 ) {
-    if !keep_alive {
+    if !service.keep_alive {
         info!(
             target: "access",
             "{conn} served: {message_len} B in, {reply_len} B out, {:.1?}, request \"{preview}\"",
             conn.accepted.elapsed()
         );
-    } else {
+    } else if service.log_each_message {
         info!(
             target: "access",
             "{conn} message {}: {message_len} B in, {reply_len} B out, {:.1?}, \"{preview}\"",
@@ -909,7 +914,7 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
                     let reply_len = pending.written + n;
                     log_answer(
                         &conn,
-                        service.keep_alive,
+                        service,
                         unlogged.message_len,
                         &unlogged.preview,
                         reply_len,

@@ -469,6 +469,7 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     note("idle_timeout", format!("{:?}", old.idle_timeout), format!("{:?}", new.idle_timeout));
     note("max_messages", old.max_messages.to_string(), new.max_messages.to_string());
     note("max_conversation", format!("{:?}", old.max_conversation), format!("{:?}", new.max_conversation));
+    note("log_each_message", old.log_each_message.to_string(), new.log_each_message.to_string());
     note("proxy_protocol", old.proxy_protocol.to_string(), new.proxy_protocol.to_string());
     note("proxy_from", cidr::describe(old.proxy_from.as_deref()), cidr::describe(new.proxy_from.as_deref()));
     let limit = |n: Option<usize>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());

@@ -45,6 +45,8 @@ pub(crate) struct Service {
     /// Messages that may wait for a worker; past it, the busy reply.
     pub(crate) queue_limit: usize,
     pub(crate) keep_alive: bool,
+    /// With `keep_alive`: an access line for each message, not only for the conversation.
+    pub(crate) log_each_message: bool,
     /// Every connection starts with a PROXY protocol header.
     pub(crate) proxy_protocol: bool,
     /// The peers whose PROXY headers are believed; `None`: every peer's.
@@ -102,6 +104,7 @@ impl Service {
             read_buffer: (config.max_request + MAX_EDGE).max(MIN_READ_BUFFER),
             queue_limit: config.queue,
             keep_alive: config.keep_alive,
+            log_each_message: config.log_each_message,
             proxy_protocol: config.proxy_protocol,
             proxy_from: config.proxy_from.as_deref().map(Box::from),
             tls: tls::acceptor(config),

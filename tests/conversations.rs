@@ -37,6 +37,27 @@ fn the_tutorials_multitasking_client_gets_ten_replies_on_one_connection() {
     expect_clean_close(&mut client);
     let line = server.wait_for("ended the conversation");
     assert!(line.contains("after 10 messages"), "{line}");
+    // One access line for the whole conversation: the log grows with connections, not with messages.
+    let per_message: Vec<_> = server.log.iter().filter(|l| l.contains(" message ")).collect();
+    assert!(per_message.is_empty(), "{per_message:?}");
+}
+
+#[test]
+fn with_log_each_message_every_message_has_its_access_line_before_the_conversations() {
+    let mut server = Server::start(&["--bind", "127.0.0.1:0", "--keep-alive", "--log-each-message"]);
+    let mut client = connect(server.addr);
+    for i in 0..3 {
+        assert_eq!(ask(&mut client, format!("hello {i}").as_bytes()), REPLY.as_bytes(), "message {i}");
+    }
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    expect_clean_close(&mut client);
+    server.wait_for("ended the conversation after 3 messages");
+    let numbers: Vec<_> = server
+        .log
+        .iter()
+        .filter_map(|l| l.split(" message ").nth(1)?.split(':').next().map(str::to_owned))
+        .collect();
+    assert_eq!(numbers, ["1", "2", "3"], "{:?}", server.log);
 }
 
 #[test]

@@ -68,6 +68,7 @@ fn is_default(key: &str, shown: &str) -> Option<bool> {
         "max_messages" => same(d.max_messages.to_string()),
         "max_conversation" => same_duration(d.max_conversation),
         "keep_alive" => same(d.keep_alive.to_string()),
+        "log_each_message" => same(d.log_each_message.to_string()),
         "reuse_port" => same(d.reuse_port.to_string()),
         "proxy_protocol" => same(d.proxy_protocol.to_string()),
         "max_connections" => d.max_connections.is_none() && shown.starts_with("the fd limit"),

@@ -440,6 +440,7 @@ fn lines_that_came_with_a_proxy_header_are_each_answered() {
         "--mode",
         "echo",
         "--proxy-protocol",
+        "--log-each-message",
     ]);
     let mut client = connect(server.addr);
     client.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8000\r\none\ntwo\nthr").unwrap();

@@ -102,9 +102,19 @@ fn lines_lost_to_a_stalled_stderr_are_counted_and_reported_once_it_drains() {
     let log = dir.path().join("server.log");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    // --max-messages: the one conversation below is longer than the default cap allows.
-    let args =
-        ["--keep-alive", "--max-messages", "10000", "--mode", "echo", "--log-file", log.to_str().unwrap()];
+    // --max-messages: the one conversation below is longer than the default cap allows; --log-each-message:
+    // each of its messages is an access line.
+    let log_file = log.to_str().unwrap();
+    let args = [
+        "--keep-alive",
+        "--log-each-message",
+        "--max-messages",
+        "10000",
+        "--mode",
+        "echo",
+        "--log-file",
+        log_file,
+    ];
     let (mut server, unread) = start_unread(&listener, &args);
     drop(listener);
 

@@ -142,7 +142,8 @@ fn a_conversation_and_an_exchange_over_tls_end_with_close_notify() {
     let ca = Ca::new();
     let leaf = ca.leaf("server");
     let client = ca.client();
-    let mut server = tls_server(&leaf, &["--keep-alive", "--mode", "echo", "--max-request", "8192"]);
+    let args = ["--keep-alive", "--log-each-message", "--mode", "echo", "--max-request", "8192"];
+    let mut server = tls_server(&leaf, &args);
     let mut tls = open(&client, server.addr);
     for message in [&b"one"[..], b"two", &[b'x'; 5000]] {
         assert_eq!(ask(&mut tls, message, message.len()), message);
@@ -308,7 +309,7 @@ fn a_reload_swaps_the_certificate_under_load_and_a_bad_pair_keeps_the_old() {
     let dir = tempfile::tempdir().unwrap();
     let pair = |leaf: &Leaf, key: &Path| {
         format!(
-            "bind = \"127.0.0.1:0\"\nkeep_alive = true\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "bind = \"127.0.0.1:0\"\nkeep_alive = true\nlog_each_message = true\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
             path(&leaf.cert),
             path(key)
         )
@@ -384,7 +385,16 @@ fn the_library_serves_a_rustls_server_config_as_it_is() {
 fn framed_messages_pipelined_in_tls_records_are_each_answered_in_order() {
     let ca = Ca::new();
     let leaf = ca.leaf("server");
-    let args = ["--keep-alive", "--framing", "line", "--mode", "echo", "--max-messages", "5000"];
+    let args = [
+        "--keep-alive",
+        "--log-each-message",
+        "--framing",
+        "line",
+        "--mode",
+        "echo",
+        "--max-messages",
+        "5000",
+    ];
     let mut server = tls_server(&leaf, &args);
     let mut tls = open(&ca.client(), server.addr);
     // 2,000 lines in one write: far more than one read of max_request, decrypted in many records.
@@ -406,7 +416,8 @@ fn framed_messages_pipelined_in_tls_records_are_each_answered_in_order() {
 fn a_message_longer_than_one_read_is_answered_whole_from_what_the_session_holds() {
     let ca = Ca::new();
     let leaf = ca.leaf("server");
-    let mut server = tls_server(&leaf, &["--keep-alive", "--mode", "echo", "--max-request", "1024"]);
+    let args = ["--keep-alive", "--log-each-message", "--mode", "echo", "--max-request", "1024"];
+    let mut server = tls_server(&leaf, &args);
     let mut tls = open(&ca.client(), server.addr);
     tls.sock.set_read_timeout(Some(WAIT)).unwrap();
     // One record of 3,000 B: the first read takes 1,024, and the rest is already decrypted in the

@@ -50,6 +50,7 @@ fn value(settings: &Settings, key: &str) -> Option<Value> {
         "idle_timeout" => duration(c.idle_timeout),
         "max_messages" => count(c.max_messages),
         "max_conversation" => duration(c.max_conversation),
+        "log_each_message" => Value::Boolean(c.log_each_message),
         "log_level" => Value::String(level(log.level).to_owned()),
         "log_file" => Value::String(log.file.as_ref()?.to_string_lossy().into_owned()),
         "access_log" => Value::String(log.access.to_string()),

@@ -339,12 +339,18 @@ pub struct ServeArgs {
                               duration(DEFAULT_MAX_CONVERSATION)))]
     pub max_conversation: Option<Duration>,
 
+    #[arg(long, env = "POOLSERVER_LOG_EACH_MESSAGE", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new(),
+          help = with_default("With --keep-alive: an access line for every message, besides the conversation's \
+                               own line at its end", Config::default().log_each_message))]
+    pub log_each_message: Option<bool>,
+
     /// Also append the server log to this file (reopened on SIGUSR1)
     #[arg(long, env = "POOLSERVER_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
     #[arg(long, env = "POOLSERVER_ACCESS_LOG", value_name = "DEST", value_parser = parse_access_log,
-          help = with_default("The access log, one line per connection (per message with --keep-alive): stderr, \
+          help = with_default("The access log, one line per connection (and per message with --log-each-message): stderr, \
                                off, or a file to append to (reopened on SIGUSR1)", DEFAULT_ACCESS_LOG))]
     pub access_log: Option<AccessLog>,
 

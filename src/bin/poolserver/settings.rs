@@ -121,6 +121,9 @@ impl Settings {
         c.max_conversation = m
             .pick("max_conversation", args.max_conversation, f.max_conversation)
             .unwrap_or(c.max_conversation);
+        c.log_each_message = m
+            .pick("log_each_message", args.log_each_message, f.log_each_message)
+            .unwrap_or(c.log_each_message);
         c.reuse_port = m.pick("reuse_port", args.reuse_port, f.reuse_port).unwrap_or(c.reuse_port);
         c.proxy_protocol =
             m.pick("proxy_protocol", args.proxy_protocol, f.proxy_protocol).unwrap_or(c.proxy_protocol);
@@ -213,6 +216,7 @@ pub const KEYS: &[&str] = &[
     "idle_timeout",
     "max_messages",
     "max_conversation",
+    "log_each_message",
     "log_level",
     "log_file",
     "access_log",
@@ -252,6 +256,7 @@ struct FileConfig {
     idle_timeout: Option<Duration>,
     max_messages: Option<usize>,
     max_conversation: Option<Duration>,
+    log_each_message: Option<bool>,
     log_level: Option<LevelFilter>,
     log_file: Option<PathBuf>,
     access_log: Option<AccessLog>,
@@ -319,6 +324,7 @@ impl FileConfig {
             "idle_timeout" => self.idle_timeout = Some(duration(value)?),
             "max_messages" => self.max_messages = Some(count(value, "1000")?),
             "max_conversation" => self.max_conversation = Some(duration(value)?),
+            "log_each_message" => self.log_each_message = Some(switch(value)?),
             "log_level" => self.log_level = Some(parse_log_level(text(value, "\"info\"")?)?),
             "log_file" => self.log_file = Some(text(value, "\"/var/log/poolserver.log\"")?.into()),
             "access_log" => {
@@ -495,7 +501,7 @@ mod tests {
                 "{message}"
             );
         }
-        for key in ["keep_alive", "reuse_port", "proxy_protocol"] {
+        for key in ["keep_alive", "log_each_message", "reuse_port", "proxy_protocol"] {
             let message = wrong(&format!("\n{key} = \"yes\""));
             assert_eq!(message, format!("line 2: {key}: expected true or false (found a string)"));
         }
@@ -537,7 +543,7 @@ mod tests {
             "bind = \"127.0.0.1:9\"\nworkers = 3\nqueue = 7\nbacklog = 9\nmax_connections = 11\nmax_per_client = 2\n\
              mode = \"echo\"\nreply = \"r\"\n\
              busy_reply = \"b\"\nmax_request = 5\nframing = \"line\"\nread_timeout = \"1s\"\nwrite_timeout = \"2s\"\n\
-             shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nmax_messages = 6\nmax_conversation = \"8s\"\nlog_level = \"warn\"\n\
+             shutdown_timeout = \"3s\"\nkeep_alive = true\nidle_timeout = \"4s\"\nmax_messages = 6\nmax_conversation = \"8s\"\nlog_each_message = true\nlog_level = \"warn\"\n\
              log_file = \"x.log\"\naccess_log = \"off\"\nreuse_port = true\nproxy_protocol = false\n\
              proxy_from = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"127.0.0.1:9180\"\n\
              tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
@@ -550,7 +556,7 @@ mod tests {
              max_connections: Some(11), max_per_client: Some(2), \
              mode: Some(Echo), reply: Some(\"r\"), busy_reply: Some(\"b\"), max_request: Some(5), \
              framing: Some(Line), read_timeout: Some(1s), write_timeout: Some(2s), shutdown_timeout: Some(3s), keep_alive: Some(true), \
-             idle_timeout: Some(4s), max_messages: Some(6), max_conversation: Some(8s), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
+             idle_timeout: Some(4s), max_messages: Some(6), max_conversation: Some(8s), log_each_message: Some(true), log_level: Some(Warn), log_file: Some(\"x.log\"), access_log: Some(Off), \
              reuse_port: Some(true), \
              proxy_protocol: Some(false), proxy_from: Some(ProxyFrom([10.0.0.0/8, ::1/128])), metrics: Some(MetricsAddr(Some(127.0.0.1:9180))), \
              tls_cert: Some(\"c.pem\"), tls_key: Some(\"k.pem\") }"

@@ -3,8 +3,8 @@
 //!
 //! - The **server log**: lifecycle, warnings and errors at `log_level`, to stderr (coloured on a terminal;
 //!   native journal entries under systemd) and to `log_file`.
-//! - The **access log**: the library's records with target `access`, one per connection (per message with
-//!   keep-alive), to stderr, a file, or nowhere (`access_log`).
+//! - The **access log**: the library's records with target `access`, one per connection (and one per
+//!   message with `log_each_message`), to stderr, a file, or nowhere (`access_log`).
 //!
 //! Every destination is a sink: a bounded buffer drained by a writer thread of its own, so a destination
 //! that stalls loses lines (counted and reported) instead of stopping workers or the accept loop. Warnings
