@@ -103,7 +103,7 @@ impl PerClient {
             return Quota::Over { open: *count };
         }
         *count += 1;
-        Quota::Counted { _slot: ClientSlot { clients: Arc::clone(self), ip } }
+        Quota::Counted { _slot: Box::new(ClientSlot { clients: Arc::clone(self), ip }) }
     }
 
     #[cfg(test)]
@@ -118,8 +118,9 @@ pub(crate) enum Quota {
     /// No limit, or the client is not known yet (its PROXY header has not been read).
     #[default]
     Free,
-    /// It holds one of its client's places, until it drops.
-    Counted { _slot: ClientSlot },
+    /// It holds one of its client's places, until it drops (boxed, so that a connection without the limit
+    /// stays small).
+    Counted { _slot: Box<ClientSlot> },
     /// Its client had `open` connections already: it gets the busy reply when its message arrives.
     Over { open: usize },
 }

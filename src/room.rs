@@ -35,7 +35,7 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Room {
     poller: Poller,
-    books: Mutex<Books<Waiting>>,
+    books: Mutex<Books<Conn>>,
 }
 
 /// What a worker found when it looked at the room.
@@ -63,29 +63,30 @@ impl Room {
     /// Puts a connection in the room until its client is ready or its deadline passes. Returns it when its
     /// client turned out to be ready already.
     #[must_use]
-    pub(crate) fn hold(&self, mut waiting: Waiting, gauges: &Gauges) -> Option<Conn> {
+    pub(crate) fn hold(&self, waiting: Waiting, gauges: &Gauges) -> Option<Conn> {
+        let Waiting { mut conn, interest, deadline } = waiting;
         // Over TLS, a message may be decrypted and waiting already: no event would come for it.
-        if waiting.conn.waits_for_message() && waiting.conn.has_buffered_input() {
-            return Some(waiting.conn);
+        if conn.waits_for_message() && conn.has_buffered_input() {
+            return Some(conn);
         }
-        let (tag, interest, deadline) = (waiting.conn.id() as Tag, waiting.interest, waiting.deadline);
-        let wait = if waiting.interest == Interest::Readable { Wait::Input } else { Wait::Output };
-        let key = waiting.conn.stream().as_raw_fd() as usize;
+        let tag = conn.id() as Tag;
+        let wait = if interest == Interest::Readable { Wait::Input } else { Wait::Output };
+        let key = conn.stream().as_raw_fd() as usize;
         // Armed before it is in the books, outside the lock: readiness that comes in between is kept in
         // the books for it (see `Books::take`).
-        let (stream, registration) = waiting.conn.registration();
+        let (stream, registration) = conn.registration();
         if let Err(e) = self.poller.arm(stream, tag, interest, registration) {
-            error!("{}: cannot wait for the client: {e}; closing", waiting.conn);
+            error!("{conn}: cannot wait for the client: {e}; closing");
             return None;
         }
         let mut books = self.books.lock();
-        let held = books.hold(key, tag, waiting, deadline, wait, Instant::now());
+        let held = books.hold(key, tag, conn, deadline, wait, Instant::now());
         self.after_change(&mut books, gauges);
-        held.err().map(|Early { item: mut waiting, hung_up }| {
+        held.err().map(|Early { item: mut conn, hung_up }| {
             if hung_up {
-                waiting.conn.hung_up();
+                conn.hung_up();
             }
-            waiting.conn
+            conn
         })
     }
 
@@ -103,18 +104,18 @@ impl Room {
         for &ready in &found.readiness {
             match ready {
                 Ready::Conn { fd, tag, hung_up } => {
-                    if let Some(mut waiting) = books.take(fd as usize, tag, hung_up) {
+                    if let Some(mut conn) = books.take(fd as usize, tag, hung_up) {
                         if hung_up {
-                            waiting.conn.hung_up();
+                            conn.hung_up();
                         }
-                        found.ready.push(waiting.conn);
+                        found.ready.push(conn);
                     }
                 }
                 Ready::Wake => woken = true,
                 Ready::Timer => {
                     books.timer_rang();
                     let now = Instant::now();
-                    found.expired.extend(books.expire(now).into_iter().map(|(w, why)| (w.conn, why)));
+                    found.expired.extend(books.expire(now));
                 }
             }
         }
@@ -139,7 +140,7 @@ impl Room {
 
     /// Publishes the count for the gauge, and moves the timer when the earliest deadline changed (under the
     /// lock, so that two changes cannot set it out of order).
-    fn after_change(&self, books: &mut Books<Waiting>, gauges: &Gauges) {
+    fn after_change(&self, books: &mut Books<Conn>, gauges: &Gauges) {
         gauges.set_waiting(books.len());
         if let Some(at) = books.timer_change()
             && let Err(e) = self.poller.set_timer(at)
