@@ -3,7 +3,7 @@
 
 use std::{io, net::TcpStream, sync::Arc};
 
-use crate::{config::Config, poller::Interest};
+use crate::poller::Interest;
 
 /// Stands for rustls' server configuration: there is none.
 pub(crate) enum ServerConfig {}
@@ -28,10 +28,6 @@ pub(crate) enum Handshake {
     Closed,
     Failed(TlsError),
     Io(io::Error),
-}
-
-pub(crate) fn acceptor(_: &Config) -> Option<Arc<ServerConfig>> {
-    None
 }
 
 pub(crate) fn log_failure(_: std::net::SocketAddr, error: &TlsError) {

@@ -24,7 +24,7 @@ use crate::{
     handler::Protocol,
     limits::PerClient,
     stats::Stats,
-    tls::{self, ServerConfig},
+    tls::ServerConfig,
 };
 
 /// Input discarded after a one-shot reply before the connection is closed anyway (the client may then see
@@ -107,7 +107,7 @@ impl Service {
             log_each_message: config.log_each_message,
             proxy_protocol: config.proxy_protocol,
             proxy_from: config.proxy_from.as_deref().map(Box::from),
-            tls: tls::acceptor(config),
+            tls: acceptor(config),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             idle_timeout: config.idle_timeout,
@@ -145,4 +145,16 @@ impl Current {
     pub(crate) fn set(&self, service: Service) {
         self.0.store(Arc::new(service));
     }
+}
+
+/// What new connections are encrypted with, from the configuration; `None`: plain TCP.
+#[cfg(feature = "tls")]
+fn acceptor(config: &Config) -> Option<Arc<ServerConfig>> {
+    config.tls.as_ref().map(|tls| Arc::clone(tls.server_config()))
+}
+
+/// A build without the `tls` feature has no TLS configuration.
+#[cfg(not(feature = "tls"))]
+fn acceptor(_: &Config) -> Option<Arc<ServerConfig>> {
+    None
 }

@@ -24,7 +24,6 @@ use rustls::{
 };
 
 use crate::{
-    config::Config,
     error::Error,
     log_gate::{LogGate, since_last_line},
     poller::Interest,
@@ -116,11 +115,6 @@ impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig").field("alpn_protocols", &self.0.alpn_protocols).finish_non_exhaustive()
     }
-}
-
-/// What the server's connections are encrypted with, taken from the configuration of each generation.
-pub(crate) fn acceptor(config: &Config) -> Option<Arc<ServerConfig>> {
-    config.tls.as_ref().map(|tls| Arc::clone(&tls.0))
 }
 
 /// One connection's TLS state; boxed, so that the extras of a plain connection stay small.
