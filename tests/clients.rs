@@ -112,9 +112,27 @@ fn conversations_cut_short_by_a_one_shot_server_are_failures() {
         stress_json(&server.addr.to_string(), &["--clients", "2", "--requests", "6", "--messages", "5"]);
     assert_eq!(output.status.code(), Some(1), "{json}");
     assert_eq!(json["ok"], 0, "{json}");
-    assert_eq!((json["failed"].as_u64(), json["errors"]["cut_short"].as_u64()), (Some(6), Some(6)), "{json}");
+    // A one-shot server closes after its reply; when the next message reaches it first, Linux resets the
+    // connection instead of sending the FIN, which a loaded box makes likely now and then.
+    let (cut_short, reset) = (json["errors"]["cut_short"].as_u64(), json["errors"]["reset"].as_u64());
+    assert_eq!(json["failed"], 6, "{json}");
+    assert!(cut_short >= Some(1) && cut_short.zip(reset).map(|(c, r)| c + r) == Some(6), "{json}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("one message per connection"), "{stderr}");
+}
+
+#[test]
+fn conversations_a_cap_ends_early_count_as_ended_with_no_hint_about_the_mode() {
+    let server = Server::start(&["--bind", "127.0.0.1:0", "--keep-alive", "--max-messages", "3"]);
+    let (output, json) =
+        stress_json(&server.addr.to_string(), &["--clients", "2", "--requests", "6", "--messages", "5"]);
+    assert_eq!(output.status.code(), Some(1), "{json}");
+    assert_eq!((json["failed"].as_u64(), json["errors"]["ended"].as_u64()), (Some(6), Some(6)), "{json}");
+    assert_eq!(json["errors"]["cut_short"], 0, "{json}");
+    let first = json["first_errors"]["ended"].as_str().unwrap_or_default();
+    assert!(first.contains("after 3 replies"), "{json}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("one message per connection"), "{stderr}");
 }
 
 #[test]

@@ -42,9 +42,12 @@ pub enum FailureKind {
     /// A one-shot exchange got its reply, and then the server kept the connection open: it holds
     /// conversations (`--keep-alive`).
     KeptOpen,
-    /// A conversation got some replies, and then the server closed it: it answers one message per
+    /// A conversation got one reply, and then the server closed it: it answers one message per
     /// connection (no `--keep-alive`).
     CutShort,
+    /// A conversation got two replies or more, and then the server closed it before its last message: a
+    /// cap (`max_messages`, `max_conversation`), its handler, or its stop ended it.
+    Ended,
     /// Anything else.
     Other,
 }
@@ -61,6 +64,7 @@ impl FailureKind {
             FailureKind::AddrNotAvailable => "addr_not_available",
             FailureKind::KeptOpen => "kept_open",
             FailureKind::CutShort => "cut_short",
+            FailureKind::Ended => "ended",
             FailureKind::Other => "other",
         }
     }
@@ -307,21 +311,28 @@ impl Conversation {
         self.replies += n;
     }
 
-    /// The server closed before replying: at the start, a wrong reply; after some replies, a server that
-    /// does not hold conversations.
+    /// The server closed before replying: at the start, a wrong reply; after one reply, a server that
+    /// does not hold conversations; after more, one that ended this conversation early.
     pub fn closed(&self) -> Failure {
         match self.replies {
             0 => Failure {
                 kind: FailureKind::WrongReply,
                 detail: format!("{} closed the conversation without replying", self.addr),
             },
-            n => Failure {
+            1 => Failure {
                 kind: FailureKind::CutShort,
                 detail: format!(
-                    "{} closed the conversation after {n} repl{}: it answers one message per connection \
-                     (it runs without --keep-alive)",
-                    self.addr,
-                    if n == 1 { "y" } else { "ies" }
+                    "{} closed the conversation after 1 reply: it answers one message per connection (it runs \
+                     without --keep-alive)",
+                    self.addr
+                ),
+            },
+            n => Failure {
+                kind: FailureKind::Ended,
+                detail: format!(
+                    "{} ended the conversation after {n} replies: a cap (max_messages, max_conversation), its \
+                     handler or its stop",
+                    self.addr
                 ),
             },
         }

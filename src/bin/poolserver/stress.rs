@@ -248,7 +248,8 @@ impl Report {
                 out += &format!("errors       {} {count} (first: {first})\n", kind.name());
             }
         }
-        for hint in self.errors.keys().filter_map(|kind| mode_hint(*kind)) {
+        // Only when nothing was served: see `ModeHint`.
+        for hint in self.errors.keys().filter(|_| self.ok == 0).filter_map(|kind| mode_hint(*kind)) {
             out += &format!("hint         {hint}\n");
         }
         if self.idle.held > 0 {
@@ -265,7 +266,7 @@ impl Report {
     }
 }
 
-const ALL_KINDS: [FailureKind; 9] = [
+const ALL_KINDS: [FailureKind; 10] = [
     FailureKind::Refused,
     FailureKind::Reset,
     FailureKind::Timeout,
@@ -274,6 +275,7 @@ const ALL_KINDS: [FailureKind; 9] = [
     FailureKind::AddrNotAvailable,
     FailureKind::KeptOpen,
     FailureKind::CutShort,
+    FailureKind::Ended,
     FailureKind::Other,
 ];
 
@@ -299,12 +301,20 @@ struct Tally<'a> {
     errors: BTreeMap<FailureKind, u64>,
     first_errors: BTreeMap<FailureKind, String>,
     latency: Histogram<u64>,
-    /// Shared by the run's threads: whether the server's mode has been pointed out on stderr yet.
-    told: &'a AtomicBool,
+    mode: &'a ModeHint,
+}
+
+/// Shared by the run's threads: whether any client was served whole, and whether the server's mode has been
+/// pointed out on stderr yet. A failure that looks like the other mode only means it while nothing was
+/// served: under a stop or a cap, some conversations end early while others were whole.
+#[derive(Default)]
+struct ModeHint {
+    served: AtomicBool,
+    told: AtomicBool,
 }
 
 impl<'a> Tally<'a> {
-    fn new(told: &'a AtomicBool) -> Tally<'a> {
+    fn new(mode: &'a ModeHint) -> Tally<'a> {
         Tally {
             ok: 0,
             messages: 0,
@@ -312,7 +322,15 @@ impl<'a> Tally<'a> {
             first_errors: BTreeMap::new(),
             // 1 µs to 10 minutes at three significant digits.
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
-            told,
+            mode,
+        }
+    }
+
+    /// A client served whole.
+    fn served(&mut self) {
+        self.ok += 1;
+        if !self.mode.served.load(Relaxed) {
+            self.mode.served.store(true, Relaxed);
         }
     }
 
@@ -338,7 +356,7 @@ impl<'a> Tally<'a> {
     /// Ends a conversation politely and counts it ok when the server closed cleanly and sent nothing more.
     fn close(&mut self, conversation: Conversation) {
         match conversation.close() {
-            Ok(rest) if rest.is_empty() => self.ok += 1,
+            Ok(rest) if rest.is_empty() => self.served(),
             Ok(rest) => self.fail(Failure {
                 kind: FailureKind::WrongReply,
                 detail: format!("{} B more than the replies before the close", rest.len()),
@@ -366,7 +384,8 @@ impl<'a> Tally<'a> {
 
     fn fail(&mut self, failure: Failure) {
         if let Some(hint) = mode_hint(failure.kind)
-            && !self.told.swap(true, Relaxed)
+            && !self.mode.served.load(Relaxed)
+            && !self.mode.told.swap(true, Relaxed)
         {
             eprintln!("poolserver stress: {hint}");
         }
@@ -400,15 +419,15 @@ pub fn run(plan: Plan, progress: bool) -> Report {
     let issued = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let finished = AtomicBool::new(false);
-    let told = AtomicBool::new(false);
+    let mode = ModeHint::default();
 
-    let mut total = Tally::new(&told);
+    let mut total = Tally::new(&mode);
     thread::scope(|scope| {
         let clients: Vec<_> = (0..plan.clients)
             .map(|thread| {
-                let (plan, issued, done, told) = (&plan, &issued, &done, &told);
+                let (plan, issued, done, mode) = (&plan, &issued, &done, &mode);
                 scope.spawn(move || {
-                    let tally = Tally::new(told);
+                    let tally = Tally::new(mode);
                     if plan.held > 0 {
                         hold_conversations(plan, thread, deadline, done, tally)
                     } else {
@@ -474,7 +493,7 @@ fn client_loop<'a>(
             Ok(()) => {
                 let _ = tally.latency.record(started.elapsed().as_micros().max(1) as u64);
                 if tally.check(plan, &reply) {
-                    tally.ok += 1;
+                    tally.served();
                     tally.messages += 1;
                 }
             }
