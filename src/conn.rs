@@ -721,7 +721,8 @@ fn serve_framed(mut conn: Conn, service: &Service, early: Option<Vec<u8>>, scrat
 }
 
 /// Answers one framed message: the handler's reply, framed, goes to `out`, written with the turn's other
-/// replies (the access line, when each message has one, is written now). Returns whether the conversation goes on after it.
+/// replies (its access line, when each message has one, is written now). Returns whether the conversation
+/// goes on after it.
 fn answer_framed(conn: &mut Conn, service: &Service, message: &[u8], out: &mut Vec<u8>) -> bool {
     let started = Instant::now();
     let reply = reply_to(conn, service, message);
@@ -747,16 +748,17 @@ fn goes_on(conn: &Conn, service: &Service, handler_closed: bool) -> bool {
     if !service.keep_alive {
         return false;
     }
-    let (messages, age) = (conn.messages, conn.accepted.elapsed());
-    if handler_closed {
-        info!(target: "access", "{conn} ended by the handler after {messages} messages, {age:.1?}");
+    let by = if handler_closed {
+        "by the handler"
     } else if service.is_stopping() {
-        info!(target: "access", "{conn} ended at the stop after {messages} messages, {age:.1?}");
+        "at the stop"
     } else if let Some(cap) = cap_reached(conn, service) {
         info!(target: "access", "{conn} ended after {cap}");
+        return false;
     } else {
         return true;
-    }
+    };
+    info!(target: "access", "{conn} ended {by} after {} messages, {:.1?}", conn.messages, conn.accepted.elapsed());
     false
 }
 
