@@ -42,7 +42,6 @@ impl Log for Lines {
 
 /// The access lines about `client`, once one of them contains `needle`; fails the test after `WAIT`.
 fn lines_until(client: SocketAddr, needle: &str) -> Vec<String> {
-    let _ = log::set_logger(&LINES).map(|()| log::set_max_level(log::LevelFilter::Info));
     let about = |lines: &[String]| -> Vec<String> {
         lines.iter().filter(|l| l.starts_with(&format!("{client} "))).cloned().collect()
     };
@@ -81,7 +80,8 @@ impl Handler for Gate {
     }
 }
 
-/// A keep-alive server with the `Gate` handler, run on a thread of its own.
+/// A keep-alive server with the `Gate` handler, run on a thread of its own; the first one installs the
+/// test's logger.
 fn start(log_each_message: bool) -> (SocketAddr, poolserver::ShutdownHandle, Receiver<()>, Sender<()>) {
     let _ = log::set_logger(&LINES).map(|()| log::set_max_level(log::LevelFilter::Info));
     let mut config = Config::default();
@@ -104,16 +104,24 @@ fn ask(stream: &mut std::net::TcpStream, message: &[u8]) {
     assert_eq!(&reply, b"ok");
 }
 
-#[test]
-fn a_conversation_the_handler_ends_has_one_line_that_says_so() {
-    let (addr, handle, _, _) = start(false);
+/// A conversation of two messages, the second `bye`: its client, and its access lines once the one that
+/// ends it is there.
+fn ended_by_the_handler(log_each_message: bool) -> (SocketAddr, Vec<String>) {
+    let (addr, handle, _, _) = start(log_each_message);
     let mut client = connect(addr);
     ask(&mut client, b"one");
     ask(&mut client, b"bye");
-    let lines = lines_until(client.local_addr().unwrap(), " ended ");
+    let client = client.local_addr().unwrap();
+    let lines = lines_until(client, " ended ");
+    handle.shutdown();
+    (client, lines)
+}
+
+#[test]
+fn a_conversation_the_handler_ends_has_one_line_that_says_so() {
+    let (_, lines) = ended_by_the_handler(false);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains(" ended by the handler after 2 messages, "), "{lines:#?}");
-    handle.shutdown();
 }
 
 #[test]
@@ -125,7 +133,8 @@ fn a_conversation_the_stop_ends_after_its_reply_has_one_line_that_says_so() {
     client.write_all(b"hold").unwrap();
     entered.recv_timeout(WAIT).expect("the message is on a worker");
     handle.shutdown();
-    // The idle conversation closes at once: the stop has begun before the held reply goes out.
+    // The stop closes the idle conversation (after its short grace): the stop has begun before the held
+    // reply goes out.
     idle.read_to_end(&mut Vec::new()).expect("a clean close");
     release.send(()).unwrap();
     let mut reply = Vec::new();
@@ -138,12 +147,7 @@ fn a_conversation_the_stop_ends_after_its_reply_has_one_line_that_says_so() {
 
 #[test]
 fn with_log_each_message_each_message_has_a_line_before_the_conversations() {
-    let (addr, handle, _, _) = start(true);
-    let mut client = connect(addr);
-    ask(&mut client, b"one");
-    ask(&mut client, b"bye");
-    let lines = lines_until(client.local_addr().unwrap(), " ended ");
-    let client = client.local_addr().unwrap();
+    let (client, lines) = ended_by_the_handler(true);
     assert_eq!(
         lines.iter().map(|l| l.split(", ").next().unwrap()).collect::<Vec<_>>(),
         [
@@ -153,5 +157,4 @@ fn with_log_each_message_each_message_has_a_line_before_the_conversations() {
         ],
         "{lines:#?}"
     );
-    handle.shutdown();
 }

@@ -249,8 +249,10 @@ impl Report {
             }
         }
         // Only when nothing was served: see `ModeHint`.
-        for hint in self.errors.keys().filter(|_| self.ok == 0).filter_map(|kind| mode_hint(*kind)) {
-            out += &format!("hint         {hint}\n");
+        if self.ok == 0 {
+            for hint in self.errors.keys().filter_map(|kind| mode_hint(*kind)) {
+                out += &format!("hint         {hint}\n");
+            }
         }
         if self.idle.held > 0 {
             out += &format!(
