@@ -14,8 +14,8 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{Level, Log, Metadata, Record};
-use poolserver::{Config, Handler, Message, Reply, Server};
-use support::{WAIT, connect};
+use poolserver::{Config, Server};
+use support::{Gate, WAIT, connect};
 
 /// The access lines logged so far, by every test of this binary.
 struct Lines {
@@ -55,28 +55,6 @@ fn lines_until(client: SocketAddr, needle: &str) -> Vec<String> {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "no access line for {client} with {needle:?}: {mine:#?}");
         lines = LINES.added.wait_timeout(lines, left).unwrap().0;
-    }
-}
-
-/// Answers `ok`; `bye` ends the conversation, and `hold` waits for the test's go before its reply.
-struct Gate {
-    entered: Sender<()>,
-    release: Receiver<()>,
-}
-
-impl Handler for Gate {
-    type State = ();
-
-    fn reply<'a>(&'a self, message: &Message<'a>, _: &mut ()) -> Reply<'a> {
-        match message.bytes() {
-            b"bye" => return Reply::from("ok").then_close(),
-            b"hold" => {
-                let _ = self.entered.send(());
-                let _ = self.release.recv_timeout(WAIT);
-            }
-            _ => {}
-        }
-        Reply::from("ok")
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use poolserver::{Config, Error, Handler, Message, Reply, Server, ShutdownHandle, Summary};
-use support::{WAIT, connect, exchange};
+use support::{BIG, Gate, WAIT, connect, exchange};
 
 /// Uppercases the message, and panics on the message `panic`.
 struct Fragile;
@@ -182,32 +182,6 @@ fn shutdown_can_be_requested_from_any_thread_any_number_of_times() {
     assert_eq!(running.finish().served, 1);
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed after run returns");
 }
-
-/// Replies "ok", except that the message "hold" keeps its worker until the test lets go (it says so on
-/// `entered`, then waits on `release`, bounded), and the message "big" gets `BIG` bytes, more than a
-/// loopback socket takes at once.
-struct Gate {
-    entered: Sender<()>,
-    release: Receiver<()>,
-}
-
-impl Handler for Gate {
-    type State = ();
-
-    fn reply<'a>(&'a self, message: &Message<'a>, _: &mut ()) -> Reply<'a> {
-        match message.bytes() {
-            b"hold" => {
-                let _ = self.entered.send(());
-                let _ = self.release.recv_timeout(WAIT);
-            }
-            b"big" => return Reply::from(vec![b'x'; BIG]),
-            _ => {}
-        }
-        Reply::from("ok")
-    }
-}
-
-const BIG: usize = 32 << 20;
 
 fn gated(workers: usize, queue: usize) -> (Running, Receiver<()>, Sender<()>) {
     let (entered, entered_rx) = crossbeam_channel::unbounded();

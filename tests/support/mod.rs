@@ -488,3 +488,32 @@ pub fn exchange_from(source: &str, addr: SocketAddr) -> SocketAddr {
     assert_eq!(reply, REPLY.as_bytes());
     stream.local_addr().unwrap()
 }
+
+/// A library handler for tests of the pool: replies "ok", except that the message "hold" keeps its worker
+/// until the test lets go (it says so on `entered`, then waits on `release`, bounded), the message "big"
+/// gets `BIG` bytes, more than a loopback socket takes at once, and "bye" ends the conversation.
+pub struct Gate {
+    pub entered: crossbeam_channel::Sender<()>,
+    pub release: Receiver<()>,
+}
+
+/// The reply to "big".
+pub const BIG: usize = 32 << 20;
+
+impl poolserver::Handler for Gate {
+    type State = ();
+
+    fn reply<'a>(&'a self, message: &poolserver::Message<'a>, _: &mut ()) -> poolserver::Reply<'a> {
+        use poolserver::Reply;
+        match message.bytes() {
+            b"hold" => {
+                let _ = self.entered.send(());
+                let _ = self.release.recv_timeout(WAIT);
+            }
+            b"big" => return Reply::from(vec![b'x'; BIG]),
+            b"bye" => return Reply::from("ok").then_close(),
+            _ => {}
+        }
+        Reply::from("ok")
+    }
+}
