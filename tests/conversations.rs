@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{REPLY, Server, WAIT, connect};
+use support::{REPLY, Server, WAIT, connect, metrics_addr, wait_until_waiting};
 
 /// Sends one message and reads exactly one reply of the tutorial's length.
 fn ask(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
@@ -130,11 +130,22 @@ fn a_silent_conversation_is_closed_quietly_after_the_idle_timeout_and_not_before
 
 #[test]
 fn a_stop_ends_idle_conversations_at_once_and_exits_0() {
-    let mut server = Server::start(&["--bind", "127.0.0.1:0", "--keep-alive", "--idle-timeout", "60s"]);
+    let mut server = Server::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--keep-alive",
+        "--idle-timeout",
+        "60s",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = metrics_addr(&mut server);
     let mut conversations: Vec<TcpStream> = (0..50).map(|_| connect(server.addr)).collect();
     for stream in &mut conversations {
         assert_eq!(ask(stream, b"hello"), REPLY.as_bytes());
     }
+    // One still on a worker when the stop begins would end after its reply, counted served.
+    wait_until_waiting(metrics, 50);
     let stopped = Instant::now();
     server.signal(libc::SIGTERM);
     for stream in &mut conversations {

@@ -19,7 +19,7 @@ use crossbeam_channel::Receiver;
 use poolserver::{
     Config, Echo, Error, Message, Monitor, Server, ShutdownHandle, Summary, config::MAX_MESSAGES_LIMIT,
 };
-use support::{REPLY, Server as Binary, WAIT, connect};
+use support::{REPLY, Server as Binary, WAIT, connect, metrics_addr, sample, scrape, wait_until_waiting};
 
 fn config(workers: usize, keep_alive: bool) -> Config {
     let mut config = Config::default();
@@ -155,6 +155,8 @@ fn a_stop_closes_idle_and_silent_connections_after_a_short_grace() {
     late.write_all(b"x").unwrap();
     let mut reply = [0; 1];
     late.read_exact(&mut reply).unwrap();
+    // Its reply is out before its worker hands it back: once back, the stop finds it idle.
+    running.wait_until("held the late one too", |s| s.waiting == 61);
     let (result, took) = running.stop();
     let summary = result.unwrap_or_else(|e| panic!("the stop waited for silence: {e}"));
     // The grace is 1 s; an old server waited for shutdown_timeout (10 s) and failed.
@@ -171,7 +173,16 @@ fn a_stop_closes_idle_and_silent_connections_after_a_short_grace() {
 
 #[test]
 fn sigterm_with_only_idle_conversations_exits_at_once_and_a_message_in_the_grace_is_answered() {
-    let mut server = Binary::start(&["--bind", "127.0.0.1:0", "--keep-alive", "--mode", "echo"]);
+    let mut server = Binary::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--keep-alive",
+        "--mode",
+        "echo",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = metrics_addr(&mut server);
     let conversations: Vec<TcpStream> = (0..20)
         .map(|_| {
             let mut stream = connect(server.addr);
@@ -181,6 +192,8 @@ fn sigterm_with_only_idle_conversations_exits_at_once_and_a_message_in_the_grace
             stream
         })
         .collect();
+    // One still on a worker when the stop begins would end after its reply, counted served.
+    wait_until_waiting(metrics, 20);
     let signalled = Instant::now();
     server.signal(libc::SIGTERM);
     server.wait_for("stop requested");
@@ -292,24 +305,6 @@ fn nothing_runs_while_nothing_happens() {
     drop(conversations);
 }
 
-/// A metric's value on a Prometheus text page (a counter's name without its `_total`).
-fn sample(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name || key == format!("{name}_total")).then(|| value.parse::<f64>().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in {page}")) as u64
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = connect(addr);
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).unwrap();
-    page
-}
-
 /// Longer than what a socket's buffers hold on loopback: a client that does not read holds the reply.
 const REPLY_LEN: usize = 8 << 20;
 
@@ -324,9 +319,7 @@ fn every_connection_is_counted_once_under_how_it_ended() {
         ["--config", config, "--bind", "127.0.0.1:0", "--keep-alive", "--workers", "2", "--queue", "2"];
     let mut server =
         Binary::start(&[&args[..], &["--write-timeout", "1s", "--metrics", "127.0.0.1:0"]].concat());
-    let line = server.wait_for("metrics on http://");
-    let metrics: SocketAddr =
-        line.rsplit("http://").next().unwrap().trim_end_matches("/metrics").parse().unwrap();
+    let metrics = metrics_addr(&mut server);
     let addr = server.addr;
     let read_reply = |stream: &mut TcpStream| {
         let mut reply = vec![0; REPLY_LEN];

@@ -327,6 +327,42 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// Where a server started with `--metrics 127.0.0.1:0` serves its metrics, from its log.
+pub fn metrics_addr(server: &mut Server) -> SocketAddr {
+    let line = server.wait_for("metrics on http://");
+    line.rsplit("http://").next().unwrap().trim_end_matches("/metrics").parse().unwrap()
+}
+
+/// The metrics page, as `GET /metrics` returns it.
+pub fn scrape(metrics: SocketAddr) -> String {
+    let mut stream = connect(metrics);
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
+/// A metric's value on a metrics page (a counter's name without its `_total`).
+pub fn sample(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name || key == format!("{name}_total")).then(|| value.parse::<f64>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in {page}")) as u64
+}
+
+/// Waits (bounded) until `n` connections wait in the server's waiting room. A reply reaches its client
+/// before the worker that wrote it hands the conversation back, so a test that stops the server right after
+/// its last reply must wait for this to find every conversation idle.
+pub fn wait_until_waiting(metrics: SocketAddr, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    while sample(&scrape(metrics), "poolserver_waiting_connections") < n {
+        assert!(Instant::now() < deadline, "never {n} connections in the waiting room");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The tutorial's client: connect, send, receive until the server closes, close.
 pub fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
     let mut stream = connect(addr);
