@@ -23,9 +23,7 @@ fn server_with_metrics(args: &[&str]) -> (Server, SocketAddr) {
     let mut full = vec!["--bind", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--access-log", "off"];
     full.extend_from_slice(args);
     let mut server = Server::start(&full);
-    let line = server.wait_for("metrics on http://");
-    let addr = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("");
-    let addr = addr.parse().unwrap_or_else(|_| panic!("no metrics address in {line:?}"));
+    let addr = support::metrics_addr(&mut server);
     (server, addr)
 }
 
