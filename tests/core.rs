@@ -47,15 +47,7 @@ impl Running {
 
     /// Waits (bounded) until `ready` holds for the monitor's numbers.
     fn wait_until(&self, what: &str, ready: impl Fn(&poolserver::Snapshot) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let snapshot = self.monitor.snapshot();
-            if ready(&snapshot) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never {what}: {snapshot:#?}");
-            thread::sleep(Duration::from_millis(5));
-        }
+        support::wait_until(&self.monitor, what, ready);
     }
 
     /// Stops the server and returns its result and how long `run` took to return after the request.

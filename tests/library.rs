@@ -15,8 +15,8 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use poolserver::{Config, Error, Handler, Message, Reply, Server, ShutdownHandle, Summary};
-use support::{BIG, Gate, WAIT, connect, exchange};
+use poolserver::{Config, Error, Handler, Message, Monitor, Reply, Server, ShutdownHandle, Summary};
+use support::{BIG, Gate, WAIT, connect, exchange, wait_until};
 
 /// Uppercases the message, and panics on the message `panic`.
 struct Fragile;
@@ -41,15 +41,16 @@ fn config(workers: usize) -> Config {
 struct Running {
     addr: SocketAddr,
     handle: ShutdownHandle,
+    monitor: Monitor,
     done: Receiver<Result<Summary, Error>>,
 }
 
 impl Running {
     fn start(server: Server) -> Running {
-        let (addr, handle) = (server.local_addr(), server.shutdown_handle());
+        let (addr, handle, monitor) = (server.local_addr(), server.shutdown_handle(), server.monitor());
         let (finished, done) = crossbeam_channel::bounded(1);
         thread::spawn(move || finished.send(server.run()));
-        Running { addr, handle, done }
+        Running { addr, handle, monitor, done }
     }
 
     fn stop(self) -> Summary {
@@ -318,6 +319,8 @@ fn a_stop_closes_idle_conversations_at_once_and_answers_the_message_in_flight() 
     let mut idle = connect(running.addr);
     idle.write_all(b"hello").unwrap();
     assert_eq!(read_exactly(&mut idle, 2), b"ok");
+    // Its reply is out before its worker hands it back: once back, the stop finds it idle.
+    wait_until(&running.monitor, "held the idle conversation", |s| s.waiting == 1);
     let mut in_flight = connect(running.addr);
     in_flight.write_all(b"hold").unwrap();
     entered.recv_timeout(WAIT).expect("the message is on a worker");

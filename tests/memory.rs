@@ -13,11 +13,11 @@ use std::{
     net::TcpStream,
     sync::atomic::{AtomicIsize, Ordering::SeqCst},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use poolserver::{Config, Monitor, Server, Snapshot};
-use support::{REPLY, WAIT, connect};
+use poolserver::{Config, Server};
+use support::{REPLY, connect, wait_until};
 
 /// The system's allocator, counting the allocations that are live.
 struct Counting;
@@ -50,18 +50,6 @@ static ALLOCATOR: Counting = Counting;
 
 /// How many clients hold a connection: enough that one allocation each stands out from the books' few.
 const CLIENTS: usize = 300;
-
-fn wait_until(monitor: &Monitor, what: &str, ready: impl Fn(&Snapshot) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let snapshot = monitor.snapshot();
-        if ready(&snapshot) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {snapshot:#?}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn a_connection_waiting_for_its_first_or_next_message_allocates_nothing() {

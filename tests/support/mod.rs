@@ -327,6 +327,19 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// Waits (bounded) until `ready` holds for the numbers of a server run through the library.
+pub fn wait_until(monitor: &poolserver::Monitor, what: &str, ready: impl Fn(&poolserver::Snapshot) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let snapshot = monitor.snapshot();
+        if ready(&snapshot) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {snapshot:#?}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Where a server started with `--metrics 127.0.0.1:0` serves its metrics, from its log.
 pub fn metrics_addr(server: &mut Server) -> SocketAddr {
     let line = server.wait_for("metrics on http://");
