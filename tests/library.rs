@@ -358,15 +358,10 @@ fn a_monitor_sees_busy_workers_queued_messages_and_waiting_connections() {
     let mut queued = connect(running.addr);
     queued.write_all(b"next").unwrap();
 
-    // The queued message and the idle conversation show up as soon as the server has taken them in.
-    let deadline = Instant::now() + WAIT;
-    let snapshot = loop {
-        let snapshot = monitor.snapshot();
-        if snapshot.queued == 1 && snapshot.waiting == 1 || Instant::now() > deadline {
-            break snapshot;
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    // The queued message and the idle conversation show up as soon as the server has taken them in, and
+    // stay while the only worker is held.
+    wait_until(&monitor, "took in the queued message", |s| s.queued == 1 && s.waiting == 1);
+    let snapshot = monitor.snapshot();
     assert_eq!((snapshot.busy_workers, snapshot.workers), (1, 1), "{snapshot:?}");
     assert_eq!((snapshot.queued, snapshot.waiting, snapshot.open), (1, 1, 3), "{snapshot:?}");
     assert_eq!(snapshot.queue_capacity, 1024);
